@@ -1,0 +1,128 @@
+//! What the domain needs from storage, as traits: the store implements them, the rules use
+//! them. Reads see a consistent snapshot; a write transaction also sees its own writes.
+
+use super::identifier::Identifier;
+use super::ids::{MergeId, ProfileId};
+use super::interaction::{Interaction, InteractionCursor};
+use super::profile::{ChangeKind, IdentifierLink, MergeRecord, ProfileRecord};
+use super::attributes::HistoryEntry;
+use super::time::Timestamp;
+use crate::error::Result;
+
+/// Typed reads.
+pub trait ReadView {
+    /// A profile record by id (merged-away profiles included).
+    fn profile(&self, id: ProfileId) -> Result<Option<ProfileRecord>>;
+    /// Where an identifier is linked, if anywhere.
+    fn identifier_link(&self, id: &Identifier) -> Result<Option<IdentifierLink>>;
+    /// Identifiers whose origin is `profile` (not its merge tree).
+    fn own_identifiers(&self, profile: ProfileId) -> Result<Vec<IdentifierLink>>;
+    /// A merge record.
+    fn merge(&self, id: MergeId) -> Result<Option<MergeRecord>>;
+    /// Every merge (active or undone) in which `profile` took part.
+    fn merges_of(&self, profile: ProfileId) -> Result<Vec<MergeId>>;
+    /// History entries written to `profile` with `write_seq > after`, oldest first.
+    fn history(&self, profile: ProfileId, after: u64, limit: usize) -> Result<Vec<HistoryEntry>>;
+    /// Up to `limit` interactions written to `profile`, newest first, strictly older than
+    /// `before` when given.
+    fn interactions(
+        &self,
+        profile: ProfileId,
+        before: Option<InteractionCursor>,
+        limit: usize,
+    ) -> Result<Vec<Interaction>>;
+    /// A stored idempotent response.
+    fn idempotent_response(&self, scope: &str, request_id: &str) -> Result<Option<Vec<u8>>>;
+}
+
+/// A change event before the store gives it its sequence number.
+#[derive(Debug, Clone)]
+pub struct NewChange {
+    /// Kind.
+    pub kind: ChangeKind,
+    /// Live profile.
+    pub profile: ProfileId,
+    /// Version after.
+    pub version: u64,
+    /// Paths.
+    pub paths: Vec<String>,
+    /// Related profiles.
+    pub related: Vec<ProfileId>,
+}
+
+/// Typed writes, all part of one atomic transaction.
+pub trait WriteTx: ReadView {
+    /// Inserts or replaces a profile record.
+    fn put_profile(&mut self, p: &ProfileRecord) -> Result<()>;
+    /// Links an identifier (both directions of the index).
+    fn put_link(&mut self, link: &IdentifierLink) -> Result<()>;
+    /// Removes an identifier link.
+    fn remove_link(&mut self, link: &IdentifierLink) -> Result<()>;
+    /// Inserts or replaces a merge record (and indexes it under both profiles).
+    fn put_merge(&mut self, m: &MergeRecord) -> Result<()>;
+    /// Appends a history entry.
+    fn put_history(&mut self, h: &HistoryEntry) -> Result<()>;
+    /// Stores an interaction.
+    fn put_interaction(&mut self, i: &Interaction) -> Result<()>;
+    /// Stores an idempotent response.
+    fn put_idempotent_response(
+        &mut self,
+        scope: &str,
+        request_id: &str,
+        at: Timestamp,
+        response: &[u8],
+    ) -> Result<()>;
+    /// Next value of the global write counter (attribute tie-breaks, history order).
+    fn next_write_seq(&mut self) -> Result<u64>;
+    /// Appends a change event; returns its sequence.
+    fn emit(&mut self, change: NewChange, at: Timestamp) -> Result<u64>;
+}
+
+/// Follows `merged_into` links to the live profile. `None` if `id` is unknown.
+pub fn root_of(view: &dyn ReadView, id: ProfileId) -> Result<Option<ProfileRecord>> {
+    let mut cur = match view.profile(id)? {
+        Some(p) => p,
+        None => return Ok(None),
+    };
+    // A merge tree is a tree: at most one step per profile; the bound guards against corruption.
+    for _ in 0..100_000 {
+        match cur.merged_into {
+            None => return Ok(Some(cur)),
+            Some((_, parent)) => {
+                cur = view.profile(parent)?.ok_or_else(|| {
+                    crate::error::Error::Corrupt(format!("profile {} points to missing parent {parent}", cur.id))
+                })?;
+            }
+        }
+    }
+    Err(crate::error::Error::Corrupt(format!("merge chain from {id} does not end")))
+}
+
+/// Every profile of the tree rooted at `root`, root first.
+pub fn members(view: &dyn ReadView, root: &ProfileRecord) -> Result<Vec<ProfileRecord>> {
+    let mut out = vec![root.clone()];
+    let mut i = 0;
+    while i < out.len() {
+        let children: Vec<ProfileId> = out[i].absorbed.iter().map(|(_, p)| *p).collect();
+        for child in children {
+            let rec = view.profile(child)?.ok_or_else(|| {
+                crate::error::Error::Corrupt(format!("merge tree names missing profile {child}"))
+            })?;
+            out.push(rec);
+        }
+        i += 1;
+        if out.len() > 1_000_000 {
+            return Err(crate::error::Error::Corrupt("merge tree too large".into()));
+        }
+    }
+    Ok(out)
+}
+
+/// Identifier links of every profile in `members`.
+pub fn tree_identifiers(view: &dyn ReadView, members: &[ProfileRecord]) -> Result<Vec<IdentifierLink>> {
+    let mut out = Vec::new();
+    for m in members {
+        out.extend(view.own_identifiers(m.id)?);
+    }
+    Ok(out)
+}

@@ -1,0 +1,179 @@
+//! Profile views over merge trees, attribute updates and attribute history (SPEC §4).
+
+use super::attributes::{AttrMap, AttrPath, AttrValue, HistoryEntry, MAX_CUSTOM_ATTRIBUTES, Value, combine};
+use super::identity::{ProfileKey, find_root};
+use super::ports::{NewChange, ReadView, WriteTx, members, tree_identifiers};
+use super::profile::{ChangeKind, IdentifierLink, ProfileRecord};
+use super::time::Timestamp;
+use crate::error::{Error, Result};
+
+/// A live profile as its readers see it.
+#[derive(Debug, Clone)]
+pub struct ProfileView {
+    /// The live (root) record.
+    pub root: ProfileRecord,
+    /// Ids merged into it (every non-root member).
+    pub merged_ids: Vec<super::ids::ProfileId>,
+    /// Identifiers of the whole tree (empty unless asked for).
+    pub identifiers: Vec<IdentifierLink>,
+    /// Winning attribute values of the whole tree (cleared values left out).
+    pub attributes: AttrMap,
+}
+
+/// Reads the view of the profile `key` names. `with_identifiers = false` skips the index scan.
+pub fn view_profile(view: &dyn ReadView, key: &ProfileKey, with_identifiers: bool) -> Result<ProfileView> {
+    let root = find_root(view, key)?;
+    let ms = members(view, &root)?;
+    let identifiers = if with_identifiers {
+        let mut ids = tree_identifiers(view, &ms)?;
+        ids.sort_by(|a, b| (a.linked_at, &a.identifier).cmp(&(b.linked_at, &b.identifier)));
+        ids
+    } else {
+        Vec::new()
+    };
+    let mut attributes = combine(ms.iter().map(|m| &m.attributes));
+    attributes.retain(|_, v| v.value.is_some());
+    Ok(ProfileView {
+        merged_ids: ms.iter().skip(1).map(|m| m.id).collect(),
+        root,
+        identifiers,
+        attributes,
+    })
+}
+
+/// One attribute to set (`Some`) or clear (`None`).
+pub type AttrChange = (AttrPath, Option<Value>);
+
+/// What an update did.
+#[derive(Debug, Clone)]
+pub struct Updated {
+    /// Paths whose visible value changed.
+    pub applied: Vec<String>,
+    /// Paths kept in history only (an observation at least as new was stored).
+    pub superseded: Vec<String>,
+}
+
+/// UpdateProfile: "recent supersedes older", across the whole merge tree.
+#[allow(clippy::too_many_arguments)]
+pub fn update_profile(
+    tx: &mut dyn WriteTx,
+    key: &ProfileKey,
+    changes: Vec<AttrChange>,
+    source: &str,
+    observed_at: Timestamp,
+    expected_version: Option<u64>,
+    now: Timestamp,
+) -> Result<Updated> {
+    let mut root = find_root(tx, key)?;
+    if let Some(v) = expected_version {
+        if v != root.version {
+            return Err(Error::Aborted(format!(
+                "profile {} is at version {}, not the expected {v}; read it again and retry",
+                root.id, root.version
+            )));
+        }
+    }
+    let ms = members(tx, &root)?;
+    let mut current = combine(ms.iter().map(|m| &m.attributes));
+    let mut applied = Vec::new();
+    let mut superseded = Vec::new();
+    for (path, value) in changes {
+        let path = path.to_path();
+        let write = AttrValue {
+            value,
+            source: source.to_string(),
+            observed_at,
+            recorded_at: now,
+            write_seq: tx.next_write_seq()?,
+        };
+        let old = current.get(&path).and_then(|c| c.value.clone());
+        let wins = current.get(&path).is_none_or(|c| write.supersedes(c));
+        // The root keeps its own newest observation even when another member's wins now, so
+        // that undoing that member's merge shows what the root alone would show.
+        if root.attributes.get(&path).is_none_or(|c| write.supersedes(c)) {
+            root.attributes.insert(path.clone(), write.clone());
+        }
+        tx.put_history(&HistoryEntry {
+            path: path.clone(),
+            old,
+            new: write.value.clone(),
+            source: source.to_string(),
+            observed_at,
+            recorded_at: now,
+            applied: wins,
+            origin: root.id,
+            write_seq: write.write_seq,
+        })?;
+        if wins {
+            current.insert(path.clone(), write);
+            applied.push(path);
+        } else {
+            superseded.push(path);
+        }
+    }
+    let customs = current
+        .iter()
+        .filter(|(p, v)| p.starts_with("custom.") && v.value.is_some())
+        .count();
+    if customs > MAX_CUSTOM_ATTRIBUTES {
+        return Err(Error::invalid(
+            "attributes.custom",
+            format!("a profile holds at most {MAX_CUSTOM_ATTRIBUTES} custom attributes; this update would make {customs}"),
+        ));
+    }
+    if !applied.is_empty() {
+        root.version += 1;
+        root.updated_at = now;
+    }
+    tx.put_profile(&root)?;
+    if !applied.is_empty() {
+        tx.emit(
+            NewChange {
+                kind: ChangeKind::ProfileUpdated,
+                profile: root.id,
+                version: root.version,
+                paths: applied.iter().map(|p| format!("attributes.{p}")).collect(),
+                related: vec![],
+            },
+            now,
+        )?;
+    }
+    Ok(Updated { applied, superseded })
+}
+
+/// A page of attribute history: entries oldest first and the write_seq to continue after.
+pub fn history_page(
+    view: &dyn ReadView,
+    key: &ProfileKey,
+    path: Option<&str>,
+    after: u64,
+    page_size: usize,
+) -> Result<(Vec<HistoryEntry>, Option<u64>)> {
+    let root = find_root(view, key)?;
+    let ms = members(view, &root)?;
+    let mut out: Vec<HistoryEntry> = Vec::new();
+    for m in &ms {
+        let mut cursor = after;
+        // Read past entries of other paths until this member has a full page of matches.
+        loop {
+            let chunk = view.history(m.id, cursor, page_size + 1)?;
+            let done = chunk.len() < page_size + 1;
+            let mut taken = 0;
+            for e in chunk {
+                cursor = e.write_seq;
+                if path.is_none_or(|p| p == e.path) {
+                    out.push(e);
+                    taken += 1;
+                }
+            }
+            if done || taken > page_size {
+                break;
+            }
+        }
+    }
+    out.sort_by_key(|e| e.write_seq);
+    let more = out.len() > page_size;
+    out.truncate(page_size);
+    let next = if more { out.last().map(|e| e.write_seq) } else { None };
+    Ok((out, next))
+}

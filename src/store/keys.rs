@@ -1,0 +1,249 @@
+//! Every key layout of the store, in one place. All integers are big-endian so that byte
+//! order is numeric order; ids are the 16 raw bytes of their UUID (v7: time-ordered).
+//!
+//! | tree                    | key                                              | value                |
+//! |-------------------------|--------------------------------------------------|----------------------|
+//! | `meta`                  | ASCII name (`schema_version`, `last_change_seq`…) | u64 BE               |
+//! | `profiles`              | profile id (16)                                  | `ProfileRecord`      |
+//! | `identifier_to_profile` | identifier key (see [`identifier`])              | `IdentifierLink`     |
+//! | `profile_identifiers`   | origin profile id (16) ++ identifier key         | `IdentifierLink`     |
+//! | `merges`                | merge id (16)                                    | `MergeRecord`        |
+//! | `profile_merges`        | profile id (16) ++ merge id (16)                 | empty                |
+//! | `attribute_history`     | origin profile id (16) ++ write_seq (8)          | `HistoryEntry`       |
+//! | `profile_interactions`  | origin profile id (16) ++ occurred_at (8, sign-flipped) ++ interaction id (16) | `Interaction` |
+//! | `idempotency`           | scope ++ 0x00 ++ request id                      | `IdempotentResponse` |
+//! | `idempotency_expiry`    | created_at (8, sign-flipped) ++ idempotency key  | empty                |
+//! | `changes`               | sequence (8)                                     | `ChangeEvent`        |
+//!
+//! Values are encoded by `codec` (format version byte first).
+
+use crate::domain::identifier::{Identifier, IdentifierKind};
+use crate::domain::ids::{InteractionId, MergeId, ProfileId};
+use crate::domain::time::Timestamp;
+use crate::error::{Error, Result};
+
+/// The trees, named by what they map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TreeName {
+    /// Counters and the schema version.
+    Meta,
+    /// Profile id → profile record.
+    Profiles,
+    /// Identifier → its link (the profile it was written to).
+    IdentifierToProfile,
+    /// Profile → identifiers written to it.
+    ProfileIdentifiers,
+    /// Merge id → merge record.
+    Merges,
+    /// Profile → merges it took part in.
+    ProfileMerges,
+    /// Profile → attribute history in write order.
+    AttributeHistory,
+    /// Profile → interactions in occurred_at order.
+    ProfileInteractions,
+    /// Idempotency key → first response.
+    Idempotency,
+    /// Creation time → idempotency key, for expiry.
+    IdempotencyExpiry,
+    /// Sequence → change event.
+    Changes,
+}
+
+impl TreeName {
+    /// Every tree, in the order of their index in the store.
+    pub const ALL: [TreeName; 11] = [
+        TreeName::Meta,
+        TreeName::Profiles,
+        TreeName::IdentifierToProfile,
+        TreeName::ProfileIdentifiers,
+        TreeName::Merges,
+        TreeName::ProfileMerges,
+        TreeName::AttributeHistory,
+        TreeName::ProfileInteractions,
+        TreeName::Idempotency,
+        TreeName::IdempotencyExpiry,
+        TreeName::Changes,
+    ];
+
+    /// The sled tree name.
+    pub fn name(self) -> &'static str {
+        match self {
+            TreeName::Meta => "meta",
+            TreeName::Profiles => "profiles",
+            TreeName::IdentifierToProfile => "identifier_to_profile",
+            TreeName::ProfileIdentifiers => "profile_identifiers",
+            TreeName::Merges => "merges",
+            TreeName::ProfileMerges => "profile_merges",
+            TreeName::AttributeHistory => "attribute_history",
+            TreeName::ProfileInteractions => "profile_interactions",
+            TreeName::Idempotency => "idempotency",
+            TreeName::IdempotencyExpiry => "idempotency_expiry",
+            TreeName::Changes => "changes",
+        }
+    }
+
+    /// Position in [`TreeName::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Meta key: schema version of the data directory.
+pub const META_SCHEMA_VERSION: &[u8] = b"schema_version";
+/// Meta key: last change sequence assigned.
+pub const META_LAST_CHANGE_SEQ: &[u8] = b"last_change_seq";
+/// Meta key: last global write sequence assigned.
+pub const META_LAST_WRITE_SEQ: &[u8] = b"last_write_seq";
+/// Meta key: every change with a sequence above this is retained.
+pub const META_CHANGES_FLOOR: &[u8] = b"changes_floor";
+
+/// Timestamps in keys: the sign bit flipped so negative times sort first.
+pub fn time_bytes(t: Timestamp) -> [u8; 8] {
+    ((t.0 as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+fn time_from(bytes: [u8; 8]) -> Timestamp {
+    Timestamp((u64::from_be_bytes(bytes) ^ (1 << 63)) as i64)
+}
+
+/// Profile id.
+pub fn profile(id: ProfileId) -> [u8; 16] {
+    *id.as_bytes()
+}
+
+/// Identifier key: kind code (1) ++ namespace ++ 0x00 ++ value. The namespace alphabet
+/// (`[a-z0-9_]`) has no 0x00, so the separator is unambiguous.
+pub fn identifier(id: &Identifier) -> Vec<u8> {
+    let mut k = Vec::with_capacity(2 + id.namespace().len() + id.value().len());
+    k.push(id.kind().code());
+    k.extend_from_slice(id.namespace().as_bytes());
+    k.push(0);
+    k.extend_from_slice(id.value().as_bytes());
+    k
+}
+
+/// Decodes an identifier key (used by consistency checks and tools).
+pub fn parse_identifier(key: &[u8]) -> Result<Identifier> {
+    let corrupt = || Error::Corrupt("malformed identifier key".into());
+    let (&code, rest) = key.split_first().ok_or_else(corrupt)?;
+    let kind = IdentifierKind::from_code(code).ok_or_else(corrupt)?;
+    let sep = rest.iter().position(|b| *b == 0).ok_or_else(corrupt)?;
+    let ns = std::str::from_utf8(&rest[..sep]).map_err(|_| corrupt())?;
+    let value = std::str::from_utf8(&rest[sep + 1..]).map_err(|_| corrupt())?;
+    Identifier::from_stored(kind, ns, value)
+}
+
+/// Profile id ++ identifier key.
+pub fn profile_identifier(profile: ProfileId, id: &Identifier) -> Vec<u8> {
+    let mut k = profile.as_bytes().to_vec();
+    k.extend_from_slice(&identifier(id));
+    k
+}
+
+/// Merge id.
+pub fn merge(id: MergeId) -> [u8; 16] {
+    *id.as_bytes()
+}
+
+/// Profile id ++ merge id.
+pub fn profile_merge(profile: ProfileId, merge: MergeId) -> [u8; 32] {
+    let mut k = [0u8; 32];
+    k[..16].copy_from_slice(profile.as_bytes());
+    k[16..].copy_from_slice(merge.as_bytes());
+    k
+}
+
+/// The merge id at the end of a `profile_merges` key.
+pub fn merge_of_profile_merge(key: &[u8]) -> Result<MergeId> {
+    let bytes: [u8; 16] = key
+        .get(16..32)
+        .and_then(|s| s.try_into().ok())
+        .ok_or_else(|| Error::Corrupt("malformed profile_merges key".into()))?;
+    Ok(MergeId::from_bytes(bytes))
+}
+
+/// Profile id ++ write_seq.
+pub fn history(profile: ProfileId, write_seq: u64) -> [u8; 24] {
+    let mut k = [0u8; 24];
+    k[..16].copy_from_slice(profile.as_bytes());
+    k[16..].copy_from_slice(&write_seq.to_be_bytes());
+    k
+}
+
+/// Profile id ++ occurred_at ++ interaction id: a profile's interactions in time order.
+pub fn interaction(profile: ProfileId, occurred_at: Timestamp, id: InteractionId) -> [u8; 40] {
+    let mut k = [0u8; 40];
+    k[..16].copy_from_slice(profile.as_bytes());
+    k[16..24].copy_from_slice(&time_bytes(occurred_at));
+    k[24..].copy_from_slice(id.as_bytes());
+    k
+}
+
+/// Scope ++ 0x00 ++ request id.
+pub fn idempotency(scope: &str, request_id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(scope.len() + 1 + request_id.len());
+    k.extend_from_slice(scope.as_bytes());
+    k.push(0);
+    k.extend_from_slice(request_id.as_bytes());
+    k
+}
+
+/// created_at ++ idempotency key.
+pub fn idempotency_expiry(at: Timestamp, idem_key: &[u8]) -> Vec<u8> {
+    let mut k = time_bytes(at).to_vec();
+    k.extend_from_slice(idem_key);
+    k
+}
+
+/// The time and idempotency key of an expiry key.
+pub fn parse_idempotency_expiry(key: &[u8]) -> Result<(Timestamp, &[u8])> {
+    let t: [u8; 8] = key
+        .get(..8)
+        .and_then(|s| s.try_into().ok())
+        .ok_or_else(|| Error::Corrupt("malformed idempotency_expiry key".into()))?;
+    Ok((time_from(t), &key[8..]))
+}
+
+/// Change sequence.
+pub fn change(seq: u64) -> [u8; 8] {
+    seq.to_be_bytes()
+}
+
+/// The smallest key greater than every key starting with `prefix` (None: no such key).
+pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_order_is_byte_order() {
+        let ts = [i64::MIN, -5, -1, 0, 1, 7, i64::MAX];
+        for w in ts.windows(2) {
+            assert!(time_bytes(Timestamp(w[0])) < time_bytes(Timestamp(w[1])));
+            assert_eq!(time_from(time_bytes(Timestamp(w[0]))), Timestamp(w[0]));
+        }
+    }
+
+    #[test]
+    fn identifier_keys_round_trip() -> Result<()> {
+        let id = Identifier::parse(IdentifierKind::External, "crm", "A\u{e9}1")?;
+        assert_eq!(parse_identifier(&identifier(&id))?, id);
+        Ok(())
+    }
+
+    #[test]
+    fn prefix_end_carries() {
+        assert_eq!(prefix_end(&[1, 0xff]), Some(vec![2]));
+        assert_eq!(prefix_end(&[0xff]), None);
+    }
+}

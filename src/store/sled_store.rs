@@ -1,0 +1,565 @@
+//! The sled implementation of [`Store`].
+//!
+//! Writes are serialized by one writer lock. A write runs the caller's rules against a
+//! [`Pending`] write set that overlays committed data (so reads, scans included, see the
+//! transaction's own writes), then applies the whole set in one multi-tree sled transaction —
+//! atomic on crash — and hands the commit to group commit for durability. Readers take a
+//! shared lock that the apply step takes exclusively, so a read never sees half a commit.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::PathBuf;
+
+use parking_lot::{Mutex, RwLock};
+use serde::{Deserialize, Serialize};
+use sled::Transactional;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use tokio::sync::watch;
+
+use super::codec::{decode, decode_u64, encode};
+use super::group_commit::{Durable, GroupCommit};
+use super::keys::{self, TreeName};
+use super::{BoxFuture, Store, Ticket};
+use crate::domain::attributes::HistoryEntry;
+use crate::domain::identifier::Identifier;
+use crate::domain::ids::{MergeId, ProfileId};
+use crate::domain::interaction::{Interaction, InteractionCursor};
+use crate::domain::ports::{NewChange, ReadView, WriteTx};
+use crate::domain::profile::{ChangeEvent, IdentifierLink, MergeRecord, ProfileRecord};
+use crate::domain::time::Timestamp;
+use crate::error::{Error, Result};
+
+/// Schema version of data directories written by this build.
+pub const SCHEMA_VERSION: u64 = 1;
+
+/// How to open the store.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// The data directory.
+    pub path: PathBuf,
+    /// sled's page cache, bytes.
+    pub cache_capacity_bytes: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct IdempotentRecord {
+    created_at: Timestamp,
+    response: Vec<u8>,
+}
+
+struct WriterState {
+    commit: u64,
+    last_change_seq: u64,
+    last_write_seq: u64,
+    closed: bool,
+}
+
+/// sled-backed store.
+pub struct SledStore {
+    db: sled::Db,
+    trees: Vec<sled::Tree>,
+    writer: Mutex<WriterState>,
+    commit_lock: RwLock<()>,
+    group: GroupCommit,
+}
+
+fn sled_err(e: sled::Error) -> Error {
+    match e {
+        sled::Error::Corruption { .. } => Error::Corrupt(e.to_string()),
+        other => Error::Unavailable(other.to_string()),
+    }
+}
+
+type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// Raw access to trees; the typed [`ReadView`] is built on it once for every reader.
+trait Raw {
+    fn get(&self, tree: TreeName, key: &[u8]) -> Result<Option<Vec<u8>>>;
+    /// Keys in `[lo, hi)` (`hi = None`: to the end), ascending or descending, at most `limit`.
+    fn range(&self, tree: TreeName, lo: &[u8], hi: Option<&[u8]>, rev: bool, limit: usize) -> Result<Entries>;
+}
+
+impl SledStore {
+    /// Opens (or creates) the data directory, checks the schema version and starts group
+    /// commit.
+    pub fn open(opts: &StoreOptions) -> Result<SledStore> {
+        std::fs::create_dir_all(&opts.path).map_err(|e| {
+            Error::Unavailable(format!("cannot create data directory {}: {e}", opts.path.display()))
+        })?;
+        let db = sled::Config::new()
+            .path(&opts.path)
+            .cache_capacity(opts.cache_capacity_bytes)
+            .flush_every_ms(None)
+            .open()
+            .map_err(|e| Error::Unavailable(format!("cannot open data directory {}: {e}", opts.path.display())))?;
+        let trees = TreeName::ALL
+            .iter()
+            .map(|t| db.open_tree(t.name()).map_err(sled_err))
+            .collect::<Result<Vec<_>>>()?;
+        let meta = &trees[TreeName::Meta.index()];
+        let read_u64 = |key: &[u8]| -> Result<u64> {
+            match meta.get(key).map_err(sled_err)? {
+                Some(v) => decode_u64(std::str::from_utf8(key).unwrap_or("meta"), &v),
+                None => Ok(0),
+            }
+        };
+        match meta.get(keys::META_SCHEMA_VERSION).map_err(sled_err)? {
+            None => {
+                if !trees[TreeName::Profiles.index()].is_empty() {
+                    return Err(Error::Corrupt("the data directory holds profiles but no schema version".into()));
+                }
+                meta.insert(keys::META_SCHEMA_VERSION, &SCHEMA_VERSION.to_be_bytes())
+                    .map_err(sled_err)?;
+            }
+            Some(v) => {
+                let found = decode_u64("schema_version", &v)?;
+                if found > SCHEMA_VERSION {
+                    return Err(Error::Unavailable(format!(
+                        "the data directory has schema version {found}, newer than this build's {SCHEMA_VERSION}; run a newer release"
+                    )));
+                }
+                // Older schemas are migrated here when there are any (v1 is the first).
+            }
+        }
+        let last_change_seq = read_u64(keys::META_LAST_CHANGE_SEQ)?;
+        let last_write_seq = read_u64(keys::META_LAST_WRITE_SEQ)?;
+        db.flush().map_err(sled_err)?;
+        let log_file = File::open(opts.path.join("db"))
+            .map_err(|e| Error::Unavailable(format!("cannot open the store's log file for fsync: {e}")))?;
+        log_file
+            .sync_all()
+            .map_err(|e| Error::Unavailable(format!("cannot fsync the store's log file: {e}")))?;
+        let group = GroupCommit::start(
+            db.clone(),
+            log_file,
+            Durable {
+                commit: 0,
+                change_seq: last_change_seq,
+                fault: None,
+            },
+        )
+        .map_err(|e| Error::Unavailable(format!("cannot start the flusher thread: {e}")))?;
+        Ok(SledStore {
+            db,
+            trees,
+            writer: Mutex::new(WriterState {
+                commit: 0,
+                last_change_seq,
+                last_write_seq,
+                closed: false,
+            }),
+            commit_lock: RwLock::new(()),
+            group,
+        })
+    }
+
+    fn tree(&self, t: TreeName) -> &sled::Tree {
+        &self.trees[t.index()]
+    }
+
+    /// Size of the data on disk, bytes.
+    pub fn size_on_disk(&self) -> Result<u64> {
+        self.db.size_on_disk().map_err(sled_err)
+    }
+
+    /// Number of flushes so far.
+    pub fn flushes(&self) -> u64 {
+        self.group.flushes()
+    }
+
+    fn write_pending(&self, f: &mut dyn FnMut(&mut Pending<'_>) -> Result<()>) -> Result<Ticket> {
+        let mut w = self.writer.lock();
+        if w.closed {
+            return Err(Error::Unavailable("the store is closed".into()));
+        }
+        if let Some(fault) = &self.group.subscribe().borrow().fault {
+            return Err(Error::Unavailable(format!("the store hit a storage fault: {fault}")));
+        }
+        let mut p = Pending {
+            store: self,
+            writes: vec![BTreeMap::new(); TreeName::ALL.len()],
+            change_seq: w.last_change_seq,
+            write_seq: w.last_write_seq,
+        };
+        f(&mut p)?;
+        if p.writes.iter().all(BTreeMap::is_empty) {
+            return Ok(Ticket(w.commit));
+        }
+        if p.change_seq != w.last_change_seq {
+            p.set(TreeName::Meta, keys::META_LAST_CHANGE_SEQ.to_vec(), p.change_seq.to_be_bytes().to_vec());
+        }
+        if p.write_seq != w.last_write_seq {
+            p.set(TreeName::Meta, keys::META_LAST_WRITE_SEQ.to_vec(), p.write_seq.to_be_bytes().to_vec());
+        }
+        {
+            let _exclusive = self.commit_lock.write();
+            let result: std::result::Result<(), TransactionError<()>> =
+                self.trees.as_slice().transaction(|txs| {
+                    for (i, writes) in p.writes.iter().enumerate() {
+                        for (k, v) in writes {
+                            match v {
+                                Some(v) => {
+                                    txs[i].insert(k.as_slice(), v.as_slice())?;
+                                }
+                                None => {
+                                    txs[i].remove(k.as_slice())?;
+                                }
+                            }
+                        }
+                    }
+                    Ok::<(), ConflictableTransactionError<()>>(())
+                });
+            result.map_err(|e| match e {
+                TransactionError::Storage(e) => sled_err(e),
+                TransactionError::Abort(()) => Error::Unavailable("transaction aborted".into()),
+            })?;
+        }
+        w.commit += 1;
+        w.last_change_seq = p.change_seq;
+        w.last_write_seq = p.write_seq;
+        self.group.request(w.commit, w.last_change_seq);
+        Ok(Ticket(w.commit))
+    }
+}
+
+impl Raw for SledStore {
+    fn get(&self, tree: TreeName, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.tree(tree).get(key).map_err(sled_err)?.map(|v| v.to_vec()))
+    }
+
+    fn range(&self, tree: TreeName, lo: &[u8], hi: Option<&[u8]>, rev: bool, limit: usize) -> Result<Entries> {
+        let t = self.tree(tree);
+        let iter = match hi {
+            Some(hi) if hi <= lo => return Ok(Vec::new()),
+            Some(hi) => t.range(lo..hi),
+            None => t.range(lo..),
+        };
+        let iter: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> =
+            if rev { Box::new(iter.rev()) } else { Box::new(iter) };
+        iter.take(limit)
+            .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(sled_err))
+            .collect()
+    }
+}
+
+/// A consistent snapshot: holds the shared side of the commit lock.
+struct Snapshot<'a> {
+    store: &'a SledStore,
+}
+
+impl Raw for Snapshot<'_> {
+    fn get(&self, tree: TreeName, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.store.get(tree, key)
+    }
+    fn range(&self, tree: TreeName, lo: &[u8], hi: Option<&[u8]>, rev: bool, limit: usize) -> Result<Entries> {
+        self.store.range(tree, lo, hi, rev, limit)
+    }
+}
+
+/// The write set of the transaction being built, over committed data.
+struct Pending<'a> {
+    store: &'a SledStore,
+    writes: Vec<BTreeMap<Vec<u8>, Option<Vec<u8>>>>,
+    change_seq: u64,
+    write_seq: u64,
+}
+
+impl Pending<'_> {
+    fn set(&mut self, tree: TreeName, key: Vec<u8>, value: Vec<u8>) {
+        self.writes[tree.index()].insert(key, Some(value));
+    }
+
+    fn delete(&mut self, tree: TreeName, key: Vec<u8>) {
+        self.writes[tree.index()].insert(key, None);
+    }
+}
+
+impl Raw for Pending<'_> {
+    fn get(&self, tree: TreeName, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        match self.writes[tree.index()].get(key) {
+            Some(v) => Ok(v.clone()),
+            None => self.store.get(tree, key),
+        }
+    }
+
+    fn range(&self, tree: TreeName, lo: &[u8], hi: Option<&[u8]>, rev: bool, limit: usize) -> Result<Entries> {
+        let pending: Vec<(&Vec<u8>, &Option<Vec<u8>>)> = self.writes[tree.index()]
+            .range(lo.to_vec()..)
+            .take_while(|(k, _)| hi.is_none_or(|h| k.as_slice() < h))
+            .collect();
+        if pending.is_empty() {
+            return self.store.range(tree, lo, hi, rev, limit);
+        }
+        // Deletions can hide at most `pending.len()` committed entries, so this many
+        // committed entries always leave `limit` after the overlay, up to the last one read.
+        let want = limit.saturating_add(pending.len());
+        let committed = self.store.range(tree, lo, hi, rev, want)?;
+        let truncated = committed.len() == want;
+        let boundary = if truncated { committed.last().map(|(k, _)| k.clone()) } else { None };
+        let mut merged: BTreeMap<Vec<u8>, Vec<u8>> = committed.into_iter().collect();
+        for (k, v) in pending {
+            let beyond = boundary.as_ref().is_some_and(|b| if rev { k < b } else { k > b });
+            if beyond {
+                continue;
+            }
+            match v {
+                Some(v) => {
+                    merged.insert(k.clone(), v.clone());
+                }
+                None => {
+                    merged.remove(k);
+                }
+            }
+        }
+        let out: Entries = if rev {
+            merged.into_iter().rev().take(limit).collect()
+        } else {
+            merged.into_iter().take(limit).collect()
+        };
+        Ok(out)
+    }
+}
+
+fn prefix_bounds(prefix: &[u8]) -> (Vec<u8>, Option<Vec<u8>>) {
+    (prefix.to_vec(), keys::prefix_end(prefix))
+}
+
+impl<R: Raw> ReadView for R {
+    fn profile(&self, id: ProfileId) -> Result<Option<ProfileRecord>> {
+        self.get(TreeName::Profiles, &keys::profile(id))?
+            .map(|v| decode("profile", &v))
+            .transpose()
+    }
+
+    fn identifier_link(&self, id: &Identifier) -> Result<Option<IdentifierLink>> {
+        self.get(TreeName::IdentifierToProfile, &keys::identifier(id))?
+            .map(|v| decode("identifier link", &v))
+            .transpose()
+    }
+
+    fn own_identifiers(&self, profile: ProfileId) -> Result<Vec<IdentifierLink>> {
+        let (lo, hi) = prefix_bounds(&keys::profile(profile));
+        self.range(TreeName::ProfileIdentifiers, &lo, hi.as_deref(), false, usize::MAX)?
+            .iter()
+            .map(|(_, v)| decode("profile identifier", v))
+            .collect()
+    }
+
+    fn merge(&self, id: MergeId) -> Result<Option<MergeRecord>> {
+        self.get(TreeName::Merges, &keys::merge(id))?
+            .map(|v| decode("merge", &v))
+            .transpose()
+    }
+
+    fn merges_of(&self, profile: ProfileId) -> Result<Vec<MergeId>> {
+        let (lo, hi) = prefix_bounds(&keys::profile(profile));
+        self.range(TreeName::ProfileMerges, &lo, hi.as_deref(), false, usize::MAX)?
+            .iter()
+            .map(|(k, _)| keys::merge_of_profile_merge(k))
+            .collect()
+    }
+
+    fn history(&self, profile: ProfileId, after: u64, limit: usize) -> Result<Vec<HistoryEntry>> {
+        let Some(from) = after.checked_add(1) else {
+            return Ok(Vec::new());
+        };
+        let lo = keys::history(profile, from);
+        let hi = keys::prefix_end(&keys::profile(profile));
+        self.range(TreeName::AttributeHistory, &lo, hi.as_deref(), false, limit)?
+            .iter()
+            .map(|(_, v)| decode("history entry", v))
+            .collect()
+    }
+
+    fn interactions(&self, profile: ProfileId, before: Option<InteractionCursor>, limit: usize) -> Result<Vec<Interaction>> {
+        let lo = keys::profile(profile).to_vec();
+        let hi = match before {
+            Some((t, id)) => Some(keys::interaction(profile, t, id).to_vec()),
+            None => keys::prefix_end(&lo),
+        };
+        self.range(TreeName::ProfileInteractions, &lo, hi.as_deref(), true, limit)?
+            .iter()
+            .map(|(_, v)| decode("interaction", v))
+            .collect()
+    }
+
+    fn idempotent_response(&self, scope: &str, request_id: &str) -> Result<Option<Vec<u8>>> {
+        self.get(TreeName::Idempotency, &keys::idempotency(scope, request_id))?
+            .map(|v| decode::<IdempotentRecord>("idempotency record", &v).map(|r| r.response))
+            .transpose()
+    }
+}
+
+impl WriteTx for Pending<'_> {
+    fn put_profile(&mut self, p: &ProfileRecord) -> Result<()> {
+        self.set(TreeName::Profiles, keys::profile(p.id).to_vec(), encode(p)?);
+        Ok(())
+    }
+
+    fn put_link(&mut self, link: &IdentifierLink) -> Result<()> {
+        let v = encode(link)?;
+        self.set(TreeName::IdentifierToProfile, keys::identifier(&link.identifier), v.clone());
+        self.set(TreeName::ProfileIdentifiers, keys::profile_identifier(link.origin, &link.identifier), v);
+        Ok(())
+    }
+
+    fn remove_link(&mut self, link: &IdentifierLink) -> Result<()> {
+        self.delete(TreeName::IdentifierToProfile, keys::identifier(&link.identifier));
+        self.delete(TreeName::ProfileIdentifiers, keys::profile_identifier(link.origin, &link.identifier));
+        Ok(())
+    }
+
+    fn put_merge(&mut self, m: &MergeRecord) -> Result<()> {
+        self.set(TreeName::Merges, keys::merge(m.id).to_vec(), encode(m)?);
+        self.set(TreeName::ProfileMerges, keys::profile_merge(m.survivor, m.id).to_vec(), Vec::new());
+        self.set(TreeName::ProfileMerges, keys::profile_merge(m.absorbed, m.id).to_vec(), Vec::new());
+        Ok(())
+    }
+
+    fn put_history(&mut self, h: &HistoryEntry) -> Result<()> {
+        self.set(TreeName::AttributeHistory, keys::history(h.origin, h.write_seq).to_vec(), encode(h)?);
+        Ok(())
+    }
+
+    fn put_interaction(&mut self, i: &Interaction) -> Result<()> {
+        self.set(
+            TreeName::ProfileInteractions,
+            keys::interaction(i.origin, i.occurred_at, i.id).to_vec(),
+            encode(i)?,
+        );
+        Ok(())
+    }
+
+    fn put_idempotent_response(&mut self, scope: &str, request_id: &str, at: Timestamp, response: &[u8]) -> Result<()> {
+        let key = keys::idempotency(scope, request_id);
+        let record = IdempotentRecord {
+            created_at: at,
+            response: response.to_vec(),
+        };
+        self.set(TreeName::IdempotencyExpiry, keys::idempotency_expiry(at, &key), Vec::new());
+        self.set(TreeName::Idempotency, key, encode(&record)?);
+        Ok(())
+    }
+
+    fn next_write_seq(&mut self) -> Result<u64> {
+        self.write_seq += 1;
+        Ok(self.write_seq)
+    }
+
+    fn emit(&mut self, change: NewChange, at: Timestamp) -> Result<u64> {
+        self.change_seq += 1;
+        let event = ChangeEvent {
+            sequence: self.change_seq,
+            kind: change.kind,
+            profile: change.profile,
+            version: change.version,
+            paths: change.paths,
+            related: change.related,
+            recorded_at: at,
+        };
+        self.set(TreeName::Changes, keys::change(event.sequence).to_vec(), encode(&event)?);
+        Ok(event.sequence)
+    }
+}
+
+/// Entries removed per prune transaction, so pruning never holds the writer for long.
+const PRUNE_BATCH: usize = 1000;
+
+impl Store for SledStore {
+    fn read(&self, f: &mut dyn FnMut(&dyn ReadView) -> Result<()>) -> Result<()> {
+        let _shared = self.commit_lock.read();
+        f(&Snapshot { store: self })
+    }
+
+    fn write(&self, f: &mut dyn FnMut(&mut dyn WriteTx) -> Result<()>) -> Result<Ticket> {
+        self.write_pending(&mut |p| f(p))
+    }
+
+    fn durable(&self, ticket: Ticket) -> BoxFuture<'_, Result<()>> {
+        let mut rx = self.group.subscribe();
+        Box::pin(async move {
+            let state = rx
+                .wait_for(|d| d.commit >= ticket.0 || d.fault.is_some())
+                .await
+                .map_err(|_| Error::Unavailable("the flusher stopped".into()))?;
+            match &state.fault {
+                Some(f) if state.commit < ticket.0 => Err(Error::Unavailable(format!("the write could not be made durable: {f}"))),
+                _ => Ok(()),
+            }
+        })
+    }
+
+    fn changes_after(&self, after: u64, limit: usize) -> Result<Vec<ChangeEvent>> {
+        let durable = self.group.subscribe().borrow().change_seq;
+        if after >= durable {
+            return Ok(Vec::new());
+        }
+        let lo = keys::change(after.saturating_add(1));
+        let hi = keys::change(durable.saturating_add(1));
+        let _shared = self.commit_lock.read();
+        self.range(TreeName::Changes, &lo, Some(&hi), false, limit)?
+            .iter()
+            .map(|(_, v)| decode("change event", v))
+            .collect()
+    }
+
+    fn watch_durable(&self) -> watch::Receiver<Durable> {
+        self.group.subscribe()
+    }
+
+    fn changes_floor(&self) -> Result<u64> {
+        match self.get(TreeName::Meta, keys::META_CHANGES_FLOOR)? {
+            Some(v) => decode_u64("changes_floor", &v),
+            None => Ok(0),
+        }
+    }
+
+    fn prune(&self, changes_before: Timestamp, idempotency_before: Timestamp) -> Result<usize> {
+        let mut removed = 0;
+        loop {
+            let mut n = 0;
+            self.write_pending(&mut |p| {
+                n = 0;
+                let floor = match p.get(TreeName::Meta, keys::META_CHANGES_FLOOR)? {
+                    Some(v) => decode_u64("changes_floor", &v)?,
+                    None => 0,
+                };
+                let mut new_floor = floor;
+                let lo = keys::change(floor.saturating_add(1));
+                for (k, v) in p.range(TreeName::Changes, &lo, None, false, PRUNE_BATCH)? {
+                    let e: ChangeEvent = decode("change event", &v)?;
+                    if e.recorded_at >= changes_before {
+                        break;
+                    }
+                    p.delete(TreeName::Changes, k);
+                    new_floor = e.sequence;
+                    n += 1;
+                }
+                if new_floor != floor {
+                    p.set(TreeName::Meta, keys::META_CHANGES_FLOOR.to_vec(), new_floor.to_be_bytes().to_vec());
+                }
+                for (k, _) in p.range(TreeName::IdempotencyExpiry, &[], None, false, PRUNE_BATCH)? {
+                    let (at, idem) = keys::parse_idempotency_expiry(&k)?;
+                    if at >= idempotency_before {
+                        break;
+                    }
+                    p.delete(TreeName::Idempotency, idem.to_vec());
+                    p.delete(TreeName::IdempotencyExpiry, k);
+                    n += 1;
+                }
+                Ok(())
+            })?;
+            removed += n;
+            if n == 0 {
+                return Ok(removed);
+            }
+        }
+    }
+
+    fn close(&self) -> Result<()> {
+        self.writer.lock().closed = true;
+        self.group.stop();
+        self.db.flush().map_err(sled_err)?;
+        Ok(())
+    }
+}
