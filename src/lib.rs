@@ -3,4 +3,6 @@
 
 pub mod domain;
 pub mod error;
+pub mod server;
+pub mod service;
 pub mod store;

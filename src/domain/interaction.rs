@@ -283,14 +283,6 @@ impl InteractionFilter {
             && self.after.is_none_or(|a| i.occurred_at >= a)
             && self.before.is_none_or(|b| i.occurred_at < b)
     }
-
-    /// A stable fingerprint (FNV-1a) so a page token cannot be replayed with other filters.
-    pub fn fingerprint(&self) -> u64 {
-        let text = format!("{self:?}");
-        text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-        })
-    }
 }
 
 /// Position in a newest-first listing: strictly older than this (occurred_at, id).

@@ -1,0 +1,268 @@
+//! Configuration: defaults < TOML file < `CUSTOMER_PROFILE_*` environment < command-line flags,
+//! layered by figment and checked once at start with messages that name the bad key.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+use crate::domain::identifier::{Identifier, IdentifierKind};
+use crate::domain::policy::IdentityPolicy;
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// gRPC listen address.
+    pub listen: SocketAddr,
+    /// Data directory (sled).
+    pub data_dir: PathBuf,
+    /// Storage tuning.
+    pub storage: StorageConfig,
+    /// Identity policy.
+    pub identity: IdentityConfig,
+    /// Change feed retention.
+    pub changes: ChangesConfig,
+    /// Idempotency key retention.
+    pub idempotency: IdempotencyConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            data_dir: PathBuf::from("./data"),
+            storage: StorageConfig::default(),
+            identity: IdentityConfig::default(),
+            changes: ChangesConfig::default(),
+            idempotency: IdempotencyConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+/// Storage tuning.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// sled page cache, MiB.
+    pub cache_capacity_mb: u64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig { cache_capacity_mb: 256 }
+    }
+}
+
+/// Identity policy (SPEC §2).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct IdentityConfig {
+    /// Caps per kind.
+    pub caps: CapsConfig,
+    /// Blocked values per kind (EXTERNAL as `namespace:value`).
+    pub blocked: BlockedConfig,
+}
+
+/// Most identifiers of a kind one profile may hold.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CapsConfig {
+    /// Emails.
+    pub email: usize,
+    /// Phones.
+    pub phone: usize,
+    /// Loyalty cards.
+    pub loyalty_card: usize,
+    /// Device ids.
+    pub device_id: usize,
+    /// External ids per namespace.
+    pub external_per_namespace: usize,
+}
+
+impl Default for CapsConfig {
+    fn default() -> Self {
+        CapsConfig { email: 10, phone: 10, loyalty_card: 5, device_id: 50, external_per_namespace: 20 }
+    }
+}
+
+/// Values accepted for lookup but never linked.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct BlockedConfig {
+    /// Emails.
+    pub email: Vec<String>,
+    /// Phones.
+    pub phone: Vec<String>,
+    /// Customer numbers.
+    pub customer_number: Vec<String>,
+    /// Loyalty cards.
+    pub loyalty_card: Vec<String>,
+    /// Device ids.
+    pub device_id: Vec<String>,
+    /// External ids, `namespace:value`.
+    pub external: Vec<String>,
+}
+
+/// Change feed retention.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ChangesConfig {
+    /// Events older than this are pruned, seconds (default 7 days).
+    pub retention_secs: u64,
+    /// How often pruning runs, milliseconds.
+    pub prune_interval_ms: u64,
+}
+
+impl Default for ChangesConfig {
+    fn default() -> Self {
+        ChangesConfig { retention_secs: 7 * 24 * 3600, prune_interval_ms: 60_000 }
+    }
+}
+
+/// Idempotency key retention.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IdempotencyConfig {
+    /// A retried write within this many seconds returns the first answer (default 24 h).
+    pub retention_secs: u64,
+}
+
+impl Default for IdempotencyConfig {
+    fn default() -> Self {
+        IdempotencyConfig { retention_secs: 24 * 3600 }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable.
+    #[default]
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Logging.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// pretty or json.
+    pub format: LogFormat,
+    /// tracing filter directive, e.g. `info,customer_profile=debug`; `RUST_LOG` overrides.
+    pub filter: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { format: LogFormat::Pretty, filter: "info".into() }
+    }
+}
+
+/// A configuration error naming the key.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration: {0}")]
+pub struct ConfigError(pub String);
+
+impl Config {
+    /// Layers defaults, the TOML file (if given), the environment and `overrides`.
+    pub fn load(file: Option<&Path>, overrides: &Config) -> Result<Config, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(f) = file {
+            if !f.exists() {
+                return Err(ConfigError(format!("config file {} does not exist", f.display())));
+            }
+            fig = fig.merge(Toml::file(f));
+        }
+        fig = fig.merge(Env::prefixed("CUSTOMER_PROFILE_").split("__"));
+        let mut config: Config = fig.extract().map_err(|e| ConfigError(e.to_string()))?;
+        let defaults = Config::default();
+        if overrides.listen != defaults.listen {
+            config.listen = overrides.listen;
+        }
+        if overrides.data_dir != defaults.data_dir {
+            config.data_dir = overrides.data_dir.clone();
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what types cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.changes.prune_interval_ms == 0 {
+            return Err(ConfigError("changes.prune_interval_ms must be above 0".into()));
+        }
+        if self.storage.cache_capacity_mb == 0 {
+            return Err(ConfigError("storage.cache_capacity_mb must be above 0".into()));
+        }
+        self.identity_policy().map(|_| ())
+    }
+
+    /// The identity policy this configuration describes; blocked values are normalised.
+    pub fn identity_policy(&self) -> Result<IdentityPolicy, ConfigError> {
+        let c = &self.identity.caps;
+        let caps = BTreeMap::from([
+            (IdentifierKind::Email, c.email),
+            (IdentifierKind::Phone, c.phone),
+            (IdentifierKind::LoyaltyCard, c.loyalty_card),
+            (IdentifierKind::DeviceId, c.device_id),
+            (IdentifierKind::External, c.external_per_namespace),
+        ]);
+        for (kind, cap) in &caps {
+            if *cap == 0 {
+                return Err(ConfigError(format!("identity.caps.{} must be at least 1", kind.config_name())));
+            }
+        }
+        let b = &self.identity.blocked;
+        let mut blocked = HashSet::new();
+        let lists = [
+            (IdentifierKind::Email, &b.email),
+            (IdentifierKind::Phone, &b.phone),
+            (IdentifierKind::CustomerNumber, &b.customer_number),
+            (IdentifierKind::LoyaltyCard, &b.loyalty_card),
+            (IdentifierKind::DeviceId, &b.device_id),
+            (IdentifierKind::External, &b.external),
+        ];
+        for (kind, values) in lists {
+            for (i, raw) in values.iter().enumerate() {
+                let (ns, value) = match kind {
+                    IdentifierKind::External => raw.split_once(':').unwrap_or(("", raw.as_str())),
+                    _ => ("", raw.as_str()),
+                };
+                let id = Identifier::parse(kind, ns, value)
+                    .map_err(|e| ConfigError(format!("identity.blocked.{}[{i}]: {e}", kind.config_name())))?;
+                blocked.insert(id);
+            }
+        }
+        Ok(IdentityPolicy { caps, unique: vec![IdentifierKind::CustomerNumber], blocked })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_spec() -> Result<(), ConfigError> {
+        let c = Config::default();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:50051");
+        assert_eq!(c.identity_policy()?, IdentityPolicy::default());
+        Ok(())
+    }
+
+    #[test]
+    fn bad_blocked_value_names_the_key() {
+        let mut c = Config::default();
+        c.identity.blocked.phone.push("07700 900123".into());
+        let err = c.validate().err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("identity.blocked.phone[0]"), "{err}");
+    }
+}

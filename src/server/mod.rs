@@ -1,0 +1,5 @@
+//! Running the service: configuration, startup, telemetry.
+
+pub mod config;
+pub mod startup;
+pub mod telemetry;

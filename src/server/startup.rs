@@ -1,0 +1,174 @@
+//! Building and running the server: one place that wires store, services, health, reflection
+//! and the tower stack. Tests build an [`Application`] on port 0 and talk to it over gRPC.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, watch};
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+
+use super::config::Config;
+use crate::domain::time::Clock;
+use crate::service::pb::identity_service_server::IdentityServiceServer;
+use crate::service::pb::interaction_service_server::InteractionServiceServer;
+use crate::service::pb::profile_service_server::ProfileServiceServer;
+use crate::service::{self, Core, IdentityApi, InteractionApi, ProfileApi};
+use crate::store::{SledStore, Store, StoreOptions};
+
+/// Service names reported by grpc.health.v1 (besides the overall "").
+const SERVICES: [&str; 3] = [
+    "customer_profile.v1.IdentityService",
+    "customer_profile.v1.ProfileService",
+    "customer_profile.v1.InteractionService",
+];
+
+/// A server ready to run: the store is open and the listener bound.
+pub struct Application {
+    listener: TcpListener,
+    addr: SocketAddr,
+    config: Config,
+    store: Arc<SledStore>,
+    core: Arc<Core>,
+    shutdown: watch::Sender<bool>,
+}
+
+impl Application {
+    /// Opens the store and binds `config.listen` (port 0 picks a free port).
+    pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Application> {
+        config.validate()?;
+        let policy = config.identity_policy()?;
+        let store = Arc::new(
+            SledStore::open(&StoreOptions {
+                path: config.data_dir.clone(),
+                cache_capacity_bytes: config.storage.cache_capacity_mb.saturating_mul(1024 * 1024),
+            })
+            .with_context(|| format!("opening the data directory {}", config.data_dir.display()))?,
+        );
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding {}", config.listen))?;
+        let addr = listener.local_addr()?;
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let core = Arc::new(Core { store: store.clone(), clock, policy, shutdown: shutdown_rx });
+        Ok(Application { listener, addr, config, store, core, shutdown })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serves until `stop` completes, then drains, flushes and closes the store.
+    pub async fn run_until(self, stop: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let Application { listener, addr, config, store, core, shutdown } = self;
+        let (health, health_service) = tonic_health::server::health_reporter();
+        for name in SERVICES.into_iter().chain([""]) {
+            health.set_service_status(name, ServingStatus::Serving).await;
+        }
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(service::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(service::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()?;
+
+        let pruner = tokio::spawn(prune_loop(core.clone(), config.clone()));
+
+        let signal = {
+            let health = health.clone();
+            async move {
+                stop.await;
+                for name in SERVICES.into_iter().chain([""]) {
+                    health.set_service_status(name, ServingStatus::NotServing).await;
+                }
+                let _ = shutdown.send(true);
+            }
+        };
+        tracing::info!(%addr, data_dir = %config.data_dir.display(), "serving gRPC");
+        // The tower stack: every request passes here (auth, limits and metrics join it).
+        Server::builder()
+            .trace_fn(|req| tracing::info_span!("grpc", method = %req.uri().path()))
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(IdentityServiceServer::new(IdentityApi(core.clone())))
+            .add_service(ProfileServiceServer::new(ProfileApi(core.clone())))
+            .add_service(InteractionServiceServer::new(InteractionApi(core.clone())))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
+            .await
+            .context("serving gRPC")?;
+
+        pruner.abort();
+        let _ = pruner.await;
+        drop(core);
+        store.close()?;
+        // Streams finishing in the background may still hold the store for a moment; sled's
+        // file lock is released only when the last handle goes, so wait (bounded) for that.
+        for _ in 0..200 {
+            if Arc::strong_count(&store) == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        drop(store);
+        tracing::info!("stopped");
+        Ok(())
+    }
+
+    /// Runs in the background; stop it with [`RunningServer::stop`].
+    pub fn spawn(self) -> RunningServer {
+        let addr = self.addr;
+        let (tx, rx) = oneshot::channel();
+        let handle = tokio::spawn(self.run_until(async move {
+            let _ = rx.await;
+        }));
+        RunningServer { addr, stop: tx, handle }
+    }
+}
+
+/// Removes change events and idempotency records past their retention, periodically.
+async fn prune_loop(core: Arc<Core>, config: Config) {
+    let mut tick = tokio::time::interval(Duration::from_millis(config.changes.prune_interval_ms));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = core.now();
+        let changes_before = now.plus_secs(-(config.changes.retention_secs as i64));
+        let idem_before = now.plus_secs(-(config.idempotency.retention_secs as i64));
+        let store = core.store.clone();
+        match tokio::task::spawn_blocking(move || store.prune(changes_before, idem_before)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!(removed = n, "pruned expired change events and idempotency records"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "pruning failed; will retry"),
+            Err(e) => tracing::warn!(error = %e, "pruning task failed"),
+        }
+    }
+}
+
+/// A server running in the background.
+pub struct RunningServer {
+    addr: SocketAddr,
+    stop: oneshot::Sender<()>,
+    handle: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningServer {
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops gracefully and waits until the store is closed.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(());
+        self.handle.await.context("server task")?
+    }
+}

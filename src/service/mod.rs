@@ -1,0 +1,99 @@
+//! gRPC handlers: parse the request (convert), run the rules over the store, convert the reply.
+//! prost types never leave this module.
+
+pub mod convert;
+mod identity;
+mod interaction;
+pub mod page_token;
+mod profile;
+pub mod status;
+
+use std::sync::Arc;
+
+use prost::Message;
+use tokio::sync::watch;
+
+pub use identity::IdentityApi;
+pub use interaction::InteractionApi;
+pub use profile::ProfileApi;
+
+use crate::domain::ids::RequestId;
+use crate::domain::policy::IdentityPolicy;
+use crate::domain::ports::{ReadView, WriteTx};
+use crate::domain::time::{Clock, Timestamp};
+use crate::error::{Error, Result};
+use crate::store::Store;
+
+/// Generated protobuf and gRPC code for `customer_profile.v1`.
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod pb {
+    tonic::include_proto!("customer_profile.v1");
+
+    /// Encoded descriptors of every proto file (and its imports), for reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("customer_profile_descriptor");
+}
+
+/// What every handler shares.
+pub struct Core {
+    /// The store.
+    pub store: Arc<dyn Store>,
+    /// Where "now" comes from.
+    pub clock: Arc<dyn Clock>,
+    /// Identity policy.
+    pub policy: IdentityPolicy,
+    /// Turns true when the server begins to shut down (ends change streams).
+    pub shutdown: watch::Receiver<bool>,
+}
+
+impl Core {
+    /// The current time.
+    pub fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
+
+    /// Runs `f` over a consistent snapshot.
+    pub fn read<T>(&self, f: impl FnOnce(&dyn ReadView) -> Result<T>) -> Result<T> {
+        self.store.read_with(f)
+    }
+
+    /// The one write path of the service: inside one transaction, replays the stored response
+    /// of `request_id` if there is one; otherwise runs `f`, converts its result to the reply
+    /// and stores that reply under `request_id` — all committed atomically, acknowledged only
+    /// once durable.
+    pub async fn write<T, M>(
+        &self,
+        scope: &'static str,
+        request_id: Option<&RequestId>,
+        f: impl FnOnce(&mut dyn WriteTx, Timestamp) -> Result<T>,
+        reply: impl FnOnce(T) -> M,
+    ) -> Result<M>
+    where
+        M: Message + Default,
+    {
+        let now = self.now();
+        self.store
+            .write_with(|tx| {
+                if let Some(id) = request_id {
+                    if let Some(bytes) = tx.idempotent_response(scope, id.as_str())? {
+                        return M::decode(bytes.as_slice())
+                            .map_err(|e| Error::Corrupt(format!("stored {scope} response: {e}")));
+                    }
+                }
+                let out = reply(f(tx, now)?);
+                if let Some(id) = request_id {
+                    tx.put_idempotent_response(scope, id.as_str(), now, &out.encode_to_vec())?;
+                }
+                Ok(out)
+            })
+            .await
+    }
+
+    /// The stored reply of an earlier call with `request_id`, if any (read-only paths).
+    pub fn replayed<M: Message + Default>(&self, scope: &str, request_id: Option<&RequestId>) -> Result<Option<M>> {
+        let Some(id) = request_id else { return Ok(None) };
+        let bytes = self.read(|v| v.idempotent_response(scope, id.as_str()))?;
+        bytes
+            .map(|b| M::decode(b.as_slice()).map_err(|e| Error::Corrupt(format!("stored {scope} response: {e}"))))
+            .transpose()
+    }
+}
