@@ -9,7 +9,10 @@ use customer_profile::domain::time::SystemClock;
 use customer_profile::server::{config::Config, startup::Application, telemetry};
 
 #[derive(Parser)]
-#[command(version, about = "The company's single source of truth about its customers (gRPC).")]
+#[command(
+    version,
+    about = "The company's single source of truth about its customers (gRPC)."
+)]
 struct Cli {
     /// TOML configuration file.
     #[arg(long, short, global = true, env = "CUSTOMER_PROFILE_CONFIG")]
@@ -42,17 +45,20 @@ async fn main() -> anyhow::Result<()> {
     let config = Config::load(cli.config.as_deref(), &overrides)?;
     telemetry::init(&config.log);
     let app = Application::build(config, Arc::new(SystemClock)).await?;
-    app.run_until(shutdown_signal()).await.context("server failed")
+    app.run_until(shutdown_signal())
+        .await
+        .context("server failed")
 }
 
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => return ctrl_c.await.unwrap_or_default(),
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return ctrl_c.await.unwrap_or_default(),
+            };
         tokio::select! {
             _ = ctrl_c => {},
             _ = term.recv() => {},

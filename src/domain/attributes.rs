@@ -133,9 +133,9 @@ fn check_language(v: &str) -> Result<String> {
     let parts: Vec<&str> = v.split('-').collect();
     let ok = !v.is_empty()
         && v.len() <= 35
-        && parts.iter().all(|p| {
-            (1..=8).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_alphanumeric())
-        })
+        && parts
+            .iter()
+            .all(|p| (1..=8).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_alphanumeric()))
         && (2..=8).contains(&parts[0].len())
         && parts[0].bytes().all(|b| b.is_ascii_alphabetic());
     if ok {
@@ -185,7 +185,10 @@ fn check_date(v: &str, today: Timestamp) -> Result<String> {
     }
     let day_micros = 86_400 * Timestamp::MICROS_PER_SEC;
     if days_from_civil(y, m, d) > today.0.div_euclid(day_micros) {
-        return Err(Error::invalid("", format!("birth date {v} is in the future")));
+        return Err(Error::invalid(
+            "",
+            format!("birth date {v} is in the future"),
+        ));
     }
     Ok(v.to_string())
 }
@@ -333,10 +336,19 @@ mod tests {
         a.insert("city".into(), av(10, 1, "Leeds"));
         let mut b = AttrMap::new();
         b.insert("city".into(), av(5, 9, "York"));
-        assert_eq!(combine([&a, &b])["city"].value, Some(Value::String("Leeds".into())));
-        assert_eq!(combine([&b, &a])["city"].value, Some(Value::String("Leeds".into())));
+        assert_eq!(
+            combine([&a, &b])["city"].value,
+            Some(Value::String("Leeds".into()))
+        );
+        assert_eq!(
+            combine([&b, &a])["city"].value,
+            Some(Value::String("Leeds".into()))
+        );
         b.insert("city".into(), av(10, 9, "York"));
-        assert_eq!(combine([&a, &b])["city"].value, Some(Value::String("York".into())));
+        assert_eq!(
+            combine([&a, &b])["city"].value,
+            Some(Value::String("York".into()))
+        );
     }
 
     #[test]

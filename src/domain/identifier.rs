@@ -286,7 +286,9 @@ fn normalise_external(namespace: &str, raw: &str) -> Result<(String, String)> {
         )));
     }
     if raw.chars().any(char::is_control) {
-        return Err(invalid_value("an external id may not contain control characters"));
+        return Err(invalid_value(
+            "an external id may not contain control characters",
+        ));
     }
     Ok((namespace.to_string(), raw.to_string()))
 }
@@ -305,7 +307,10 @@ mod tests {
 
     #[test]
     fn normalises_each_kind() {
-        assert_eq!(ok(Email, "  Ann.Smith@Example.COM "), "ann.smith@example.com");
+        assert_eq!(
+            ok(Email, "  Ann.Smith@Example.COM "),
+            "ann.smith@example.com"
+        );
         assert_eq!(ok(Phone, "+44 (7700) 900-123"), "+447700900123");
         assert_eq!(ok(CustomerNumber, " c-1001 "), "C-1001");
         assert_eq!(ok(LoyaltyCard, "lc_77"), "LC_77");
@@ -332,7 +337,9 @@ mod tests {
 
     #[test]
     fn phone_hint_shows_e164_form() {
-        let err = Identifier::parse(Phone, "", "07700 900123").err().map(|e| e.to_string());
+        let err = Identifier::parse(Phone, "", "07700 900123")
+            .err()
+            .map(|e| e.to_string());
         assert!(err.unwrap_or_default().contains("+447700900123"));
     }
 

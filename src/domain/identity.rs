@@ -214,7 +214,11 @@ fn held_by(view: &dyn ReadView, root: &ProfileRecord) -> Result<Vec<Identifier>>
 }
 
 /// Decides what Resolve must do, reading only.
-pub fn decide(view: &dyn ReadView, input: &ResolveInput, policy: &IdentityPolicy) -> Result<Decision> {
+pub fn decide(
+    view: &dyn ReadView,
+    input: &ResolveInput,
+    policy: &IdentityPolicy,
+) -> Result<Decision> {
     let mut ignored = Vec::new();
     let mut seen = HashSet::new();
     let mut usable = Vec::new();
@@ -235,8 +239,9 @@ pub fn decide(view: &dyn ReadView, input: &ResolveInput, policy: &IdentityPolicy
     for id in &usable {
         match view.identifier_link(id)? {
             Some(link) => {
-                let root = root_of(view, link.origin)?
-                    .ok_or_else(|| Error::Corrupt(format!("identifier links missing profile {}", link.origin)))?;
+                let root = root_of(view, link.origin)?.ok_or_else(|| {
+                    Error::Corrupt(format!("identifier links missing profile {}", link.origin))
+                })?;
                 add_candidate(&mut cands, root, id);
             }
             None => unowned.push(id.clone()),
@@ -274,7 +279,11 @@ pub fn decide(view: &dyn ReadView, input: &ResolveInput, policy: &IdentityPolicy
             let root = cands.remove(0).root;
             let mut held = held_by(view, &root)?;
             let (link, conflicts) = admit(policy, &mut held, unowned);
-            Plan::Existing { root, link, conflicts }
+            Plan::Existing {
+                root,
+                link,
+                conflicts,
+            }
         }
         _ => {
             let mut held = Vec::new();
@@ -287,7 +296,9 @@ pub fn decide(view: &dyn ReadView, input: &ResolveInput, policy: &IdentityPolicy
             } else {
                 match policy.may_merge(&refs) {
                     Ok(()) => None,
-                    Err(MergeRefusal::UniqueConflict) => Some(ConflictReason::CustomerNumberConflict),
+                    Err(MergeRefusal::UniqueConflict) => {
+                        Some(ConflictReason::CustomerNumberConflict)
+                    }
                     Err(MergeRefusal::CapExceeded) => Some(ConflictReason::CapReached),
                 }
             };
@@ -312,7 +323,13 @@ pub fn decide(view: &dyn ReadView, input: &ResolveInput, policy: &IdentityPolicy
 
 /// The primary match is the owner of the strongest identifier (first in request order on ties).
 fn conflict_plan(mut cands: Vec<Candidate>, reason: ConflictReason) -> Plan {
-    let strongest = |c: &Candidate| c.matched.iter().map(|i| i.kind().strength()).max().unwrap_or(0);
+    let strongest = |c: &Candidate| {
+        c.matched
+            .iter()
+            .map(|i| i.kind().strength())
+            .max()
+            .unwrap_or(0)
+    };
     let mut best = 0;
     for (i, c) in cands.iter().enumerate() {
         if strongest(c) > strongest(&cands[best]) {
@@ -352,11 +369,19 @@ impl Decision {
         };
         match &self.plan {
             Plan::NoMatch => Some(base(Outcome::NoMatch, None)),
-            Plan::Existing { root, link, conflicts } if link.is_empty() => Some(Resolution {
+            Plan::Existing {
+                root,
+                link,
+                conflicts,
+            } if link.is_empty() => Some(Resolution {
                 conflicts: conflicts.clone(),
                 ..base(Outcome::Matched, Some(root))
             }),
-            Plan::Conflict { primary, others, conflicts } => Some(Resolution {
+            Plan::Conflict {
+                primary,
+                others,
+                conflicts,
+            } => Some(Resolution {
                 conflicts: conflicts.clone(),
                 others: others.clone(),
                 ..base(Outcome::Conflict, Some(primary))
@@ -367,7 +392,13 @@ impl Decision {
     }
 }
 
-fn link_all(tx: &mut dyn WriteTx, origin: ProfileId, ids: &[Identifier], source: &str, now: Timestamp) -> Result<()> {
+fn link_all(
+    tx: &mut dyn WriteTx,
+    origin: ProfileId,
+    ids: &[Identifier],
+    source: &str,
+    now: Timestamp,
+) -> Result<()> {
     for id in ids {
         tx.put_link(&IdentifierLink {
             identifier: id.clone(),
@@ -380,7 +411,12 @@ fn link_all(tx: &mut dyn WriteTx, origin: ProfileId, ids: &[Identifier], source:
 }
 
 /// Performs a decision made inside the same write transaction.
-pub fn apply(tx: &mut dyn WriteTx, decision: Decision, source: &str, now: Timestamp) -> Result<Resolution> {
+pub fn apply(
+    tx: &mut dyn WriteTx,
+    decision: Decision,
+    source: &str,
+    now: Timestamp,
+) -> Result<Resolution> {
     if let Some(r) = decision.without_writes() {
         return Ok(r);
     }
@@ -411,7 +447,11 @@ pub fn apply(tx: &mut dyn WriteTx, decision: Decision, source: &str, now: Timest
                 merges: vec![],
             })
         }
-        Plan::Existing { mut root, link, conflicts } => {
+        Plan::Existing {
+            mut root,
+            link,
+            conflicts,
+        } => {
             link_all(tx, root.id, &link, source, now)?;
             root.version += 1;
             root.updated_at = now;
@@ -437,7 +477,12 @@ pub fn apply(tx: &mut dyn WriteTx, decision: Decision, source: &str, now: Timest
                 merges: vec![],
             })
         }
-        Plan::Merge { survivor, absorbed, link, conflicts } => {
+        Plan::Merge {
+            survivor,
+            absorbed,
+            link,
+            conflicts,
+        } => {
             let absorbed_ids: Vec<ProfileId> = absorbed.iter().map(|(p, _)| p.id).collect();
             let merges = merge_into(
                 tx,
@@ -460,7 +505,9 @@ pub fn apply(tx: &mut dyn WriteTx, decision: Decision, source: &str, now: Timest
             })
         }
         // Handled by without_writes above.
-        Plan::NoMatch | Plan::Conflict { .. } => Err(Error::Corrupt("resolve plan without writes reached apply".into())),
+        Plan::NoMatch | Plan::Conflict { .. } => Err(Error::Corrupt(
+            "resolve plan without writes reached apply".into(),
+        )),
     }
 }
 
@@ -591,21 +638,32 @@ pub struct Unmerged {
 }
 
 /// UnmergeProfiles: detaches the absorbed profile's subtree from the survivor.
-pub fn unmerge(tx: &mut dyn WriteTx, merge_id: MergeId, source: &str, reason: &str, now: Timestamp) -> Result<Unmerged> {
+pub fn unmerge(
+    tx: &mut dyn WriteTx,
+    merge_id: MergeId,
+    source: &str,
+    reason: &str,
+    now: Timestamp,
+) -> Result<Unmerged> {
     let mut m = tx
         .merge(merge_id)?
         .ok_or_else(|| Error::NotFound(format!("no merge with id {merge_id}")))?;
     if m.unmerged.is_some() {
-        return Err(Error::precondition("ALREADY_UNMERGED", format!("merge {merge_id} was already undone")));
+        return Err(Error::precondition(
+            "ALREADY_UNMERGED",
+            format!("merge {merge_id} was already undone"),
+        ));
     }
     let mut survivor = tx
         .profile(m.survivor)?
         .ok_or_else(|| Error::Corrupt(format!("merge {merge_id} names missing survivor")))?;
-    let mut absorbed = tx
-        .profile(m.absorbed)?
-        .ok_or_else(|| Error::Corrupt(format!("merge {merge_id} names missing absorbed profile")))?;
+    let mut absorbed = tx.profile(m.absorbed)?.ok_or_else(|| {
+        Error::Corrupt(format!("merge {merge_id} names missing absorbed profile"))
+    })?;
     if absorbed.merged_into != Some((m.id, survivor.id)) {
-        return Err(Error::Corrupt(format!("merge {merge_id} is active but its profiles disagree")));
+        return Err(Error::Corrupt(format!(
+            "merge {merge_id} is active but its profiles disagree"
+        )));
     }
     survivor.absorbed.retain(|(id, _)| *id != m.id);
     tx.put_profile(&survivor)?;
@@ -631,7 +689,10 @@ pub fn unmerge(tx: &mut dyn WriteTx, merge_id: MergeId, source: &str, reason: &s
         "interactions".to_string(),
         "merged_ids".to_string(),
     ];
-    for (profile, version, other) in [(root.id, root.version, absorbed.id), (absorbed.id, absorbed.version, root.id)] {
+    for (profile, version, other) in [
+        (root.id, root.version, absorbed.id),
+        (absorbed.id, absorbed.version, root.id),
+    ] {
         tx.emit(
             NewChange {
                 kind: ChangeKind::ProfilesUnmerged,
@@ -689,7 +750,10 @@ pub fn link(
         Err(LinkRefusal::CapReached) => {
             return Err(Error::precondition(
                 "IDENTIFIER_CAP_REACHED",
-                format!("the profile already holds the maximum number of {} identifiers", id.kind().config_name()),
+                format!(
+                    "the profile already holds the maximum number of {} identifiers",
+                    id.kind().config_name()
+                ),
             ));
         }
     }
@@ -711,7 +775,12 @@ pub fn link(
 }
 
 /// UnlinkIdentifier. Returns (root id, version).
-pub fn unlink(tx: &mut dyn WriteTx, key: &ProfileKey, id: &Identifier, now: Timestamp) -> Result<(ProfileId, u64)> {
+pub fn unlink(
+    tx: &mut dyn WriteTx,
+    key: &ProfileKey,
+    id: &Identifier,
+    now: Timestamp,
+) -> Result<(ProfileId, u64)> {
     let mut root = find_root(tx, key)?;
     let link = tx.identifier_link(id)?;
     let held_here = match &link {

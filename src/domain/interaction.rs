@@ -173,67 +173,120 @@ impl NewInteraction {
         if !slug(raw.department, b"_") {
             bad(
                 "department",
-                format!("1 to 64 characters from [a-z0-9_] (e.g. customer_service), got {:?}", raw.department),
+                format!(
+                    "1 to 64 characters from [a-z0-9_] (e.g. customer_service), got {:?}",
+                    raw.department
+                ),
             );
         }
         if !slug(raw.kind, b"_.") {
             bad(
                 "type",
-                format!("1 to 64 characters from [a-z0-9_.] (e.g. support_call), got {:?}", raw.kind),
+                format!(
+                    "1 to 64 characters from [a-z0-9_.] (e.g. support_call), got {:?}",
+                    raw.kind
+                ),
             );
         }
         if raw.message_key.len() > 128 || raw.message_key.chars().any(char::is_control) {
-            bad("message_key", "at most 128 characters, no control characters".into());
+            bad(
+                "message_key",
+                "at most 128 characters, no control characters".into(),
+            );
         }
-        let case_state = raw.case_state.map_err(|e| bad("case_state", e)).ok().flatten();
+        let case_state = raw
+            .case_state
+            .map_err(|e| bad("case_state", e))
+            .ok()
+            .flatten();
         let case = match (raw.case_id.is_empty(), case_state) {
             (true, None) => None,
-            (false, Some(state)) if raw.case_id.len() <= 128 => Some((raw.case_id.to_string(), state)),
+            (false, Some(state)) if raw.case_id.len() <= 128 => {
+                Some((raw.case_id.to_string(), state))
+            }
             (false, Some(_)) => {
                 bad("case_id", "at most 128 characters".into());
                 None
             }
             (true, Some(_)) => {
-                bad("case_id", "case_state is set, so case_id is required".into());
+                bad(
+                    "case_id",
+                    "case_state is set, so case_id is required".into(),
+                );
                 None
             }
             (false, None) => {
-                bad("case_state", "case_id is set, so case_state (OPEN or CLOSED) is required".into());
+                bad(
+                    "case_state",
+                    "case_id is set, so case_state (OPEN or CLOSED) is required".into(),
+                );
                 None
             }
         };
         if let Some(m) = &raw.amount {
             if m.currency.len() != 3 || !m.currency.bytes().all(|b| b.is_ascii_uppercase()) {
-                bad("amount.currency_code", format!("an ISO 4217 code of three uppercase letters such as EUR, got {:?}", m.currency));
+                bad(
+                    "amount.currency_code",
+                    format!(
+                        "an ISO 4217 code of three uppercase letters such as EUR, got {:?}",
+                        m.currency
+                    ),
+                );
             }
             if !(-999_999_999..=999_999_999).contains(&m.nanos)
                 || (m.units > 0 && m.nanos < 0)
                 || (m.units < 0 && m.nanos > 0)
             {
-                bad("amount.nanos", "between -999,999,999 and 999,999,999 with the sign of units".into());
+                bad(
+                    "amount.nanos",
+                    "between -999,999,999 and 999,999,999 with the sign of units".into(),
+                );
             }
         }
         if raw.summary.len() > MAX_SUMMARY_BYTES {
-            bad("summary", format!("at most {MAX_SUMMARY_BYTES} bytes, got {}", raw.summary.len()));
+            bad(
+                "summary",
+                format!(
+                    "at most {MAX_SUMMARY_BYTES} bytes, got {}",
+                    raw.summary.len()
+                ),
+            );
         }
         if raw.attributes.len() > MAX_ATTRIBUTES {
-            bad("attributes", format!("at most {MAX_ATTRIBUTES} pairs, got {}", raw.attributes.len()));
+            bad(
+                "attributes",
+                format!(
+                    "at most {MAX_ATTRIBUTES} pairs, got {}",
+                    raw.attributes.len()
+                ),
+            );
         }
         for (k, val) in raw.attributes {
             let kb = k.as_bytes();
             let key_ok = !kb.is_empty()
                 && kb.len() <= 64
                 && kb[0].is_ascii_lowercase()
-                && kb.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'_' || *b == b'.');
+                && kb.iter().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'_' || *b == b'.'
+                });
             if !key_ok {
-                bad(&format!("attributes[{k:?}]"), "keys are 1 to 64 characters from [a-z0-9_.], starting with a letter".into());
+                bad(
+                    &format!("attributes[{k:?}]"),
+                    "keys are 1 to 64 characters from [a-z0-9_.], starting with a letter".into(),
+                );
             } else if val.len() > 1024 {
-                bad(&format!("attributes[{k:?}]"), format!("values have at most 1024 bytes, got {}", val.len()));
+                bad(
+                    &format!("attributes[{k:?}]"),
+                    format!("values have at most 1024 bytes, got {}", val.len()),
+                );
             }
         }
         if let Some(t) = raw.occurred_at {
             if t > now.plus_secs(MAX_FUTURE_SECS) {
-                bad("occurred_at", "is more than 5 minutes in the future; send the time it happened (UTC)".into());
+                bad(
+                    "occurred_at",
+                    "is more than 5 minutes in the future; send the time it happened (UTC)".into(),
+                );
             } else if t < Timestamp(0) {
                 bad("occurred_at", "is before 1970".into());
             }
@@ -248,7 +301,11 @@ impl NewInteraction {
                 case,
                 amount: raw.amount,
                 summary: raw.summary.to_string(),
-                attributes: raw.attributes.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                attributes: raw
+                    .attributes
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
                 occurred_at: raw.occurred_at,
             }),
             _ => Err(Error::InvalidArgument(v)),

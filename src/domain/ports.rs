@@ -1,11 +1,11 @@
 //! What the domain needs from storage, as traits: the store implements them, the rules use
 //! them. Reads see a consistent snapshot; a write transaction also sees its own writes.
 
+use super::attributes::HistoryEntry;
 use super::identifier::Identifier;
 use super::ids::{MergeId, ProfileId};
 use super::interaction::{Interaction, InteractionCursor};
 use super::profile::{ChangeKind, IdentifierLink, MergeRecord, ProfileRecord};
-use super::attributes::HistoryEntry;
 use super::time::Timestamp;
 use crate::error::Result;
 
@@ -90,12 +90,17 @@ pub fn root_of(view: &dyn ReadView, id: ProfileId) -> Result<Option<ProfileRecor
             None => return Ok(Some(cur)),
             Some((_, parent)) => {
                 cur = view.profile(parent)?.ok_or_else(|| {
-                    crate::error::Error::Corrupt(format!("profile {} points to missing parent {parent}", cur.id))
+                    crate::error::Error::Corrupt(format!(
+                        "profile {} points to missing parent {parent}",
+                        cur.id
+                    ))
                 })?;
             }
         }
     }
-    Err(crate::error::Error::Corrupt(format!("merge chain from {id} does not end")))
+    Err(crate::error::Error::Corrupt(format!(
+        "merge chain from {id} does not end"
+    )))
 }
 
 /// Every profile of the tree rooted at `root`, root first.
@@ -119,7 +124,10 @@ pub fn members(view: &dyn ReadView, root: &ProfileRecord) -> Result<Vec<ProfileR
 }
 
 /// Identifier links of every profile in `members`.
-pub fn tree_identifiers(view: &dyn ReadView, members: &[ProfileRecord]) -> Result<Vec<IdentifierLink>> {
+pub fn tree_identifiers(
+    view: &dyn ReadView,
+    members: &[ProfileRecord],
+) -> Result<Vec<IdentifierLink>> {
     let mut out = Vec::new();
     for m in members {
         out.extend(view.own_identifiers(m.id)?);

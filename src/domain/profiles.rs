@@ -1,6 +1,8 @@
 //! Profile views over merge trees, attribute updates and attribute history (SPEC §4).
 
-use super::attributes::{AttrMap, AttrPath, AttrValue, HistoryEntry, MAX_CUSTOM_ATTRIBUTES, Value, combine};
+use super::attributes::{
+    AttrMap, AttrPath, AttrValue, HistoryEntry, MAX_CUSTOM_ATTRIBUTES, Value, combine,
+};
 use super::identity::{ProfileKey, find_root};
 use super::ports::{NewChange, ReadView, WriteTx, members, tree_identifiers};
 use super::profile::{ChangeKind, IdentifierLink, ProfileRecord};
@@ -21,7 +23,11 @@ pub struct ProfileView {
 }
 
 /// Reads the view of the profile `key` names. `with_identifiers = false` skips the index scan.
-pub fn view_profile(view: &dyn ReadView, key: &ProfileKey, with_identifiers: bool) -> Result<ProfileView> {
+pub fn view_profile(
+    view: &dyn ReadView,
+    key: &ProfileKey,
+    with_identifiers: bool,
+) -> Result<ProfileView> {
     let root = find_root(view, key)?;
     let ms = members(view, &root)?;
     let identifiers = if with_identifiers {
@@ -90,7 +96,11 @@ pub fn update_profile(
         let wins = current.get(&path).is_none_or(|c| write.supersedes(c));
         // The root keeps its own newest observation even when another member's wins now, so
         // that undoing that member's merge shows what the root alone would show.
-        if root.attributes.get(&path).is_none_or(|c| write.supersedes(c)) {
+        if root
+            .attributes
+            .get(&path)
+            .is_none_or(|c| write.supersedes(c))
+        {
             root.attributes.insert(path.clone(), write.clone());
         }
         tx.put_history(&HistoryEntry {
@@ -118,7 +128,9 @@ pub fn update_profile(
     if customs > MAX_CUSTOM_ATTRIBUTES {
         return Err(Error::invalid(
             "attributes.custom",
-            format!("a profile holds at most {MAX_CUSTOM_ATTRIBUTES} custom attributes; this update would make {customs}"),
+            format!(
+                "a profile holds at most {MAX_CUSTOM_ATTRIBUTES} custom attributes; this update would make {customs}"
+            ),
         ));
     }
     if !applied.is_empty() {
@@ -138,7 +150,10 @@ pub fn update_profile(
             now,
         )?;
     }
-    Ok(Updated { applied, superseded })
+    Ok(Updated {
+        applied,
+        superseded,
+    })
 }
 
 /// A page of attribute history: entries oldest first and the write_seq to continue after.
@@ -174,6 +189,10 @@ pub fn history_page(
     out.sort_by_key(|e| e.write_seq);
     let more = out.len() > page_size;
     out.truncate(page_size);
-    let next = if more { out.last().map(|e| e.write_seq) } else { None };
+    let next = if more {
+        out.last().map(|e| e.write_seq)
+    } else {
+        None
+    };
     Ok((out, next))
 }

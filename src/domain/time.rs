@@ -76,8 +76,10 @@ impl ManualClock {
 
     /// Moves the time forward by `secs` seconds.
     pub fn advance_secs(&self, secs: i64) {
-        self.0
-            .fetch_add(secs.saturating_mul(Timestamp::MICROS_PER_SEC), Ordering::SeqCst);
+        self.0.fetch_add(
+            secs.saturating_mul(Timestamp::MICROS_PER_SEC),
+            Ordering::SeqCst,
+        );
     }
 }
 

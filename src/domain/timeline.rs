@@ -9,7 +9,12 @@ use super::time::Timestamp;
 use crate::error::Result;
 
 /// Stores one interaction on the live profile `key` names. Returns it and the new version.
-pub fn record(tx: &mut dyn WriteTx, key: &ProfileKey, new: NewInteraction, now: Timestamp) -> Result<(Interaction, u64)> {
+pub fn record(
+    tx: &mut dyn WriteTx,
+    key: &ProfileKey,
+    new: NewInteraction,
+    now: Timestamp,
+) -> Result<(Interaction, u64)> {
     let mut root = find_root(tx, key)?;
     let interaction = Interaction {
         id: InteractionId::new_at(now),

@@ -56,7 +56,9 @@ pub struct StorageConfig {
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        StorageConfig { cache_capacity_mb: 256 }
+        StorageConfig {
+            cache_capacity_mb: 256,
+        }
     }
 }
 
@@ -88,7 +90,13 @@ pub struct CapsConfig {
 
 impl Default for CapsConfig {
     fn default() -> Self {
-        CapsConfig { email: 10, phone: 10, loyalty_card: 5, device_id: 50, external_per_namespace: 20 }
+        CapsConfig {
+            email: 10,
+            phone: 10,
+            loyalty_card: 5,
+            device_id: 50,
+            external_per_namespace: 20,
+        }
     }
 }
 
@@ -122,7 +130,10 @@ pub struct ChangesConfig {
 
 impl Default for ChangesConfig {
     fn default() -> Self {
-        ChangesConfig { retention_secs: 7 * 24 * 3600, prune_interval_ms: 60_000 }
+        ChangesConfig {
+            retention_secs: 7 * 24 * 3600,
+            prune_interval_ms: 60_000,
+        }
     }
 }
 
@@ -136,7 +147,9 @@ pub struct IdempotencyConfig {
 
 impl Default for IdempotencyConfig {
     fn default() -> Self {
-        IdempotencyConfig { retention_secs: 24 * 3600 }
+        IdempotencyConfig {
+            retention_secs: 24 * 3600,
+        }
     }
 }
 
@@ -163,7 +176,10 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { format: LogFormat::Pretty, filter: "info".into() }
+        LogConfig {
+            format: LogFormat::Pretty,
+            filter: "info".into(),
+        }
     }
 }
 
@@ -178,7 +194,10 @@ impl Config {
         let mut fig = Figment::from(Serialized::defaults(Config::default()));
         if let Some(f) = file {
             if !f.exists() {
-                return Err(ConfigError(format!("config file {} does not exist", f.display())));
+                return Err(ConfigError(format!(
+                    "config file {} does not exist",
+                    f.display()
+                )));
             }
             fig = fig.merge(Toml::file(f));
         }
@@ -198,10 +217,14 @@ impl Config {
     /// Checks what types cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.changes.prune_interval_ms == 0 {
-            return Err(ConfigError("changes.prune_interval_ms must be above 0".into()));
+            return Err(ConfigError(
+                "changes.prune_interval_ms must be above 0".into(),
+            ));
         }
         if self.storage.cache_capacity_mb == 0 {
-            return Err(ConfigError("storage.cache_capacity_mb must be above 0".into()));
+            return Err(ConfigError(
+                "storage.cache_capacity_mb must be above 0".into(),
+            ));
         }
         self.identity_policy().map(|_| ())
     }
@@ -218,7 +241,10 @@ impl Config {
         ]);
         for (kind, cap) in &caps {
             if *cap == 0 {
-                return Err(ConfigError(format!("identity.caps.{} must be at least 1", kind.config_name())));
+                return Err(ConfigError(format!(
+                    "identity.caps.{} must be at least 1",
+                    kind.config_name()
+                )));
             }
         }
         let b = &self.identity.blocked;
@@ -237,12 +263,17 @@ impl Config {
                     IdentifierKind::External => raw.split_once(':').unwrap_or(("", raw.as_str())),
                     _ => ("", raw.as_str()),
                 };
-                let id = Identifier::parse(kind, ns, value)
-                    .map_err(|e| ConfigError(format!("identity.blocked.{}[{i}]: {e}", kind.config_name())))?;
+                let id = Identifier::parse(kind, ns, value).map_err(|e| {
+                    ConfigError(format!("identity.blocked.{}[{i}]: {e}", kind.config_name()))
+                })?;
                 blocked.insert(id);
             }
         }
-        Ok(IdentityPolicy { caps, unique: vec![IdentifierKind::CustomerNumber], blocked })
+        Ok(IdentityPolicy {
+            caps,
+            unique: vec![IdentifierKind::CustomerNumber],
+            blocked,
+        })
     }
 }
 
@@ -262,7 +293,11 @@ mod tests {
     fn bad_blocked_value_names_the_key() {
         let mut c = Config::default();
         c.identity.blocked.phone.push("07700 900123".into());
-        let err = c.validate().err().map(|e| e.to_string()).unwrap_or_default();
+        let err = c
+            .validate()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(err.contains("identity.blocked.phone[0]"), "{err}");
     }
 }

@@ -55,8 +55,20 @@ impl Application {
             .with_context(|| format!("binding {}", config.listen))?;
         let addr = listener.local_addr()?;
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let core = Arc::new(Core { store: store.clone(), clock, policy, shutdown: shutdown_rx });
-        Ok(Application { listener, addr, config, store, core, shutdown })
+        let core = Arc::new(Core {
+            store: store.clone(),
+            clock,
+            policy,
+            shutdown: shutdown_rx,
+        });
+        Ok(Application {
+            listener,
+            addr,
+            config,
+            store,
+            core,
+            shutdown,
+        })
     }
 
     /// The bound address.
@@ -65,11 +77,23 @@ impl Application {
     }
 
     /// Serves until `stop` completes, then drains, flushes and closes the store.
-    pub async fn run_until(self, stop: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        let Application { listener, addr, config, store, core, shutdown } = self;
+    pub async fn run_until(
+        self,
+        stop: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let Application {
+            listener,
+            addr,
+            config,
+            store,
+            core,
+            shutdown,
+        } = self;
         let (health, health_service) = tonic_health::server::health_reporter();
         for name in SERVICES.into_iter().chain([""]) {
-            health.set_service_status(name, ServingStatus::Serving).await;
+            health
+                .set_service_status(name, ServingStatus::Serving)
+                .await;
         }
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(service::pb::FILE_DESCRIPTOR_SET)
@@ -87,7 +111,9 @@ impl Application {
             async move {
                 stop.await;
                 for name in SERVICES.into_iter().chain([""]) {
-                    health.set_service_status(name, ServingStatus::NotServing).await;
+                    health
+                        .set_service_status(name, ServingStatus::NotServing)
+                        .await;
                 }
                 let _ = shutdown.send(true);
             }
@@ -130,7 +156,11 @@ impl Application {
         let handle = tokio::spawn(self.run_until(async move {
             let _ = rx.await;
         }));
-        RunningServer { addr, stop: tx, handle }
+        RunningServer {
+            addr,
+            stop: tx,
+            handle,
+        }
     }
 }
 
@@ -146,7 +176,10 @@ async fn prune_loop(core: Arc<Core>, config: Config) {
         let store = core.store.clone();
         match tokio::task::spawn_blocking(move || store.prune(changes_before, idem_before)).await {
             Ok(Ok(0)) => {}
-            Ok(Ok(n)) => tracing::info!(removed = n, "pruned expired change events and idempotency records"),
+            Ok(Ok(n)) => tracing::info!(
+                removed = n,
+                "pruned expired change events and idempotency records"
+            ),
             Ok(Err(e)) => tracing::warn!(error = %e, "pruning failed; will retry"),
             Err(e) => tracing::warn!(error = %e, "pruning task failed"),
         }

@@ -6,11 +6,15 @@ use std::collections::HashSet;
 use prost_types::Timestamp as PbTimestamp;
 
 use super::pb;
-use crate::domain::attributes::{AttrMap, AttrPath, CoreField, HistoryEntry, Value, check_custom_value, valid_custom_key};
+use crate::domain::attributes::{
+    AttrMap, AttrPath, CoreField, HistoryEntry, Value, check_custom_value, valid_custom_key,
+};
 use crate::domain::identifier::{Identifier, IdentifierKind};
 use crate::domain::identity::{ConflictReason, IgnoreReason, Outcome, ProfileKey, Resolution};
 use crate::domain::ids::ProfileId;
-use crate::domain::interaction::{CaseState, Channel, Direction, Interaction, Money, NewInteraction, RawInteraction};
+use crate::domain::interaction::{
+    CaseState, Channel, Direction, Interaction, Money, NewInteraction, RawInteraction,
+};
 use crate::domain::profile::{ChangeEvent, ChangeKind, IdentifierLink, MergeRecord};
 use crate::domain::profiles::ProfileView;
 use crate::domain::time::Timestamp;
@@ -18,7 +22,11 @@ use crate::error::{Error, FieldViolation, Result};
 
 /// Joins a field path.
 pub fn path(prefix: &str, field: &str) -> String {
-    if prefix.is_empty() { field.to_string() } else { format!("{prefix}.{field}") }
+    if prefix.is_empty() {
+        field.to_string()
+    } else {
+        format!("{prefix}.{field}")
+    }
 }
 
 /// Collects violations from several parses into one INVALID_ARGUMENT.
@@ -35,7 +43,10 @@ impl Violations {
                 None
             }
             Err(other) => {
-                self.0.push(FieldViolation { field: String::new(), description: other.to_string() });
+                self.0.push(FieldViolation {
+                    field: String::new(),
+                    description: other.to_string(),
+                });
                 None
             }
         }
@@ -43,7 +54,11 @@ impl Violations {
 
     /// Ok when nothing was violated.
     pub fn finish(self) -> Result<()> {
-        if self.0.is_empty() { Ok(()) } else { Err(Error::InvalidArgument(self.0)) }
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::InvalidArgument(self.0))
+        }
     }
 }
 
@@ -52,7 +67,10 @@ impl Violations {
 /// A wire timestamp into the domain; the error names `field`.
 pub fn time_in(field: &str, t: &PbTimestamp) -> Result<Timestamp> {
     if !(0..1_000_000_000).contains(&t.nanos) {
-        return Err(Error::invalid(field, "nanos must be between 0 and 999,999,999"));
+        return Err(Error::invalid(
+            field,
+            "nanos must be between 0 and 999,999,999",
+        ));
     }
     Timestamp::from_parts(t.seconds, t.nanos)
         .ok_or_else(|| Error::invalid(field, "timestamp out of range"))
@@ -75,8 +93,14 @@ fn kind_in(field: &str, raw: i32) -> Result<IdentifierKind> {
         Ok(K::LoyaltyCard) => Ok(IdentifierKind::LoyaltyCard),
         Ok(K::DeviceId) => Ok(IdentifierKind::DeviceId),
         Ok(K::External) => Ok(IdentifierKind::External),
-        Ok(K::Unspecified) => Err(Error::invalid(path(field, "kind"), "the identifier kind is required (e.g. IDENTIFIER_KIND_EMAIL)")),
-        Err(_) => Err(Error::invalid(path(field, "kind"), format!("unknown identifier kind {raw}"))),
+        Ok(K::Unspecified) => Err(Error::invalid(
+            path(field, "kind"),
+            "the identifier kind is required (e.g. IDENTIFIER_KIND_EMAIL)",
+        )),
+        Err(_) => Err(Error::invalid(
+            path(field, "kind"),
+            format!("unknown identifier kind {raw}"),
+        )),
     }
 }
 
@@ -107,9 +131,20 @@ pub fn required_identifier(field: &str, id: Option<&pb::Identifier>) -> Result<I
 }
 
 /// Parses a list of `min..=max` identifiers at `field`, reporting every bad one.
-pub fn identifiers_in(field: &str, ids: &[pb::Identifier], min: usize, max: usize) -> Result<Vec<Identifier>> {
+pub fn identifiers_in(
+    field: &str,
+    ids: &[pb::Identifier],
+    min: usize,
+    max: usize,
+) -> Result<Vec<Identifier>> {
     if ids.len() < min || ids.len() > max {
-        return Err(Error::invalid(field, format!("between {min} and {max} identifiers are required, got {}", ids.len())));
+        return Err(Error::invalid(
+            field,
+            format!(
+                "between {min} and {max} identifiers are required, got {}",
+                ids.len()
+            ),
+        ));
     }
     let mut v = Violations::default();
     let parsed: Vec<Option<Identifier>> = ids
@@ -123,7 +158,11 @@ pub fn identifiers_in(field: &str, ids: &[pb::Identifier], min: usize, max: usiz
 
 /// An identifier onto the wire.
 pub fn identifier_out(id: &Identifier) -> pb::Identifier {
-    pb::Identifier { kind: kind_out(id.kind()) as i32, value: id.value().to_string(), namespace: id.namespace().to_string() }
+    pb::Identifier {
+        kind: kind_out(id.kind()) as i32,
+        value: id.value().to_string(),
+        namespace: id.namespace().to_string(),
+    }
 }
 
 /// A required profile id at `field`.
@@ -138,9 +177,18 @@ pub fn profile_id_in(field: &str, text: &str) -> Result<ProfileId> {
 pub fn profile_ref_in(field: &str, r: Option<&pb::ProfileRef>) -> Result<ProfileKey> {
     use pb::profile_ref::Ref;
     match r.and_then(|r| r.r#ref.as_ref()) {
-        Some(Ref::ProfileId(id)) => Ok(ProfileKey::Id(profile_id_in(&path(field, "profile_id"), id)?)),
-        Some(Ref::Identifier(id)) => Ok(ProfileKey::Identifier(identifier_in(&path(field, "identifier"), id)?)),
-        None => Err(Error::invalid(field, "name the profile by profile_id or by identifier")),
+        Some(Ref::ProfileId(id)) => Ok(ProfileKey::Id(profile_id_in(
+            &path(field, "profile_id"),
+            id,
+        )?)),
+        Some(Ref::Identifier(id)) => Ok(ProfileKey::Identifier(identifier_in(
+            &path(field, "identifier"),
+            id,
+        )?)),
+        None => Err(Error::invalid(
+            field,
+            "name the profile by profile_id or by identifier",
+        )),
     }
 }
 
@@ -218,8 +266,16 @@ pub fn merge_out(m: &MergeRecord) -> pb::Merge {
         reason: m.reason.clone(),
         trigger_identifiers: m.triggers.iter().map(identifier_out).collect(),
         unmerged_at: m.unmerged.as_ref().map(|u| time_out(u.at)),
-        unmerge_source: m.unmerged.as_ref().map(|u| u.source.clone()).unwrap_or_default(),
-        unmerge_reason: m.unmerged.as_ref().map(|u| u.reason.clone()).unwrap_or_default(),
+        unmerge_source: m
+            .unmerged
+            .as_ref()
+            .map(|u| u.source.clone())
+            .unwrap_or_default(),
+        unmerge_reason: m
+            .unmerged
+            .as_ref()
+            .map(|u| u.reason.clone())
+            .unwrap_or_default(),
     }
 }
 
@@ -245,7 +301,11 @@ pub fn read_mask_in(field: &str, mask: Option<&prost_types::FieldMask>) -> Resul
     if paths.is_empty() {
         return Ok(ReadMask::ALL);
     }
-    let mut out = ReadMask { identifiers: false, merged_ids: false, attributes: Some(HashSet::new()) };
+    let mut out = ReadMask {
+        identifiers: false,
+        merged_ids: false,
+        attributes: Some(HashSet::new()),
+    };
     let mut all_attributes = false;
     for p in paths {
         match p.as_str() {
@@ -264,7 +324,12 @@ pub fn read_mask_in(field: &str, mask: Option<&prost_types::FieldMask>) -> Resul
                     (true, Some(a), Some(set)) => {
                         set.insert(a.to_string());
                     }
-                    _ => return Err(Error::invalid(field, format!("unknown path {other:?}; {MASK_HELP}"))),
+                    _ => {
+                        return Err(Error::invalid(
+                            field,
+                            format!("unknown path {other:?}; {MASK_HELP}"),
+                        ));
+                    }
                 }
             }
         }
@@ -277,12 +342,19 @@ pub fn read_mask_in(field: &str, mask: Option<&prost_types::FieldMask>) -> Resul
 
 impl ReadMask {
     /// Every field.
-    pub const ALL: ReadMask = ReadMask { identifiers: true, merged_ids: true, attributes: None };
+    pub const ALL: ReadMask = ReadMask {
+        identifiers: true,
+        merged_ids: true,
+        attributes: None,
+    };
 
     fn wants(&self, attr_path: &str) -> bool {
         match &self.attributes {
             None => true,
-            Some(set) => set.contains(attr_path) || (attr_path.starts_with("custom.") && set.contains("custom")),
+            Some(set) => {
+                set.contains(attr_path)
+                    || (attr_path.starts_with("custom.") && set.contains("custom"))
+            }
         }
     }
 }
@@ -310,7 +382,12 @@ pub fn value_in(field: &str, v: &pb::Value) -> Result<Value> {
         Some(Kind::DoubleValue(d)) => Value::Double(*d),
         Some(Kind::BoolValue(b)) => Value::Bool(*b),
         Some(Kind::TimestampValue(t)) => Value::Timestamp(time_in(field, t)?),
-        None => return Err(Error::invalid(field, "a value needs one of string_value, int_value, double_value, bool_value, timestamp_value")),
+        None => {
+            return Err(Error::invalid(
+                field,
+                "a value needs one of string_value, int_value, double_value, bool_value, timestamp_value",
+            ));
+        }
     };
     check_custom_value(&value).map_err(|e| e.within(field))?;
     Ok(value)
@@ -327,7 +404,13 @@ fn gender_out(s: &str) -> pb::Gender {
     }
 }
 
-fn attributes_out(attrs: &AttrMap, mask: &ReadMask) -> (pb::ProfileAttributes, std::collections::HashMap<String, pb::AttributeProvenance>) {
+fn attributes_out(
+    attrs: &AttrMap,
+    mask: &ReadMask,
+) -> (
+    pb::ProfileAttributes,
+    std::collections::HashMap<String, pb::AttributeProvenance>,
+) {
     let mut out = pb::ProfileAttributes::default();
     let mut prov = std::collections::HashMap::new();
     for (path, av) in attrs {
@@ -343,7 +426,9 @@ fn attributes_out(attrs: &AttrMap, mask: &ReadMask) -> (pb::ProfileAttributes, s
             (Some(AttrPath::Core(CoreField::GivenName)), t) => out.given_name = t,
             (Some(AttrPath::Core(CoreField::FamilyName)), t) => out.family_name = t,
             (Some(AttrPath::Core(CoreField::BirthDate)), t) => out.birth_date = t,
-            (Some(AttrPath::Core(CoreField::Gender)), t) => out.gender = gender_out(t.as_deref().unwrap_or_default()) as i32,
+            (Some(AttrPath::Core(CoreField::Gender)), t) => {
+                out.gender = gender_out(t.as_deref().unwrap_or_default()) as i32
+            }
             (Some(AttrPath::Core(CoreField::City)), t) => out.city = t,
             (Some(AttrPath::Core(CoreField::Postcode)), t) => out.postcode = t,
             (Some(AttrPath::Core(CoreField::Country)), t) => out.country = t,
@@ -382,10 +467,18 @@ pub fn profile_out(v: &ProfileView, mask: &ReadMask) -> pb::Profile {
         version: v.root.version,
         created_at: Some(time_out(v.root.created_at)),
         updated_at: Some(time_out(v.root.updated_at)),
-        identifiers: if mask.identifiers { v.identifiers.iter().map(linked_out).collect() } else { Vec::new() },
+        identifiers: if mask.identifiers {
+            v.identifiers.iter().map(linked_out).collect()
+        } else {
+            Vec::new()
+        },
         attributes: Some(attributes),
         attribute_provenance,
-        merged_ids: if mask.merged_ids { v.merged_ids.iter().map(ToString::to_string).collect() } else { Vec::new() },
+        merged_ids: if mask.merged_ids {
+            v.merged_ids.iter().map(ToString::to_string).collect()
+        } else {
+            Vec::new()
+        },
     }
 }
 
@@ -397,7 +490,10 @@ pub fn attribute_changes_in(
 ) -> Result<Vec<(AttrPath, Option<Value>)>> {
     let paths = mask.map(|m| m.paths.as_slice()).unwrap_or_default();
     if paths.is_empty() {
-        return Err(Error::invalid("update_mask", "name the attributes to set or clear, e.g. attributes.city"));
+        return Err(Error::invalid(
+            "update_mask",
+            "name the attributes to set or clear, e.g. attributes.city",
+        ));
     }
     let empty = pb::ProfileAttributes::default();
     let a = attrs.unwrap_or(&empty);
@@ -430,13 +526,19 @@ pub fn attribute_changes_in(
                         Ok(pb::Gender::Unspecified) => None,
                         Ok(g) => g.as_str_name().strip_prefix("GENDER_").map(str::to_string),
                         Err(_) => {
-                            v.check::<()>(Err(Error::invalid(&field, format!("unknown gender {}", a.gender))));
+                            v.check::<()>(Err(Error::invalid(
+                                &field,
+                                format!("unknown gender {}", a.gender),
+                            )));
                             continue;
                         }
                     },
                 };
                 match raw {
-                    Some(r) if !r.trim().is_empty() => f.check(&r, today).map(|s| Some(Value::String(s))).map_err(|e| e.within(&field)),
+                    Some(r) if !r.trim().is_empty() => f
+                        .check(&r, today)
+                        .map(|s| Some(Value::String(s)))
+                        .map_err(|e| e.within(&field)),
                     _ => Ok(None),
                 }
             }
@@ -451,7 +553,10 @@ pub fn attribute_changes_in(
     }
     for key in a.custom.keys() {
         if !valid_custom_key(key) {
-            v.check::<()>(Err(Error::invalid(format!("attributes.custom[{key:?}]"), "keys are 1 to 64 characters from [a-z0-9_], starting with a letter")));
+            v.check::<()>(Err(Error::invalid(
+                format!("attributes.custom[{key:?}]"),
+                "keys are 1 to 64 characters from [a-z0-9_], starting with a letter",
+            )));
         }
     }
     v.finish()?;
@@ -536,13 +641,19 @@ pub fn direction_in(raw: i32, optional: bool) -> std::result::Result<Option<Dire
         Ok(pb::Direction::Inbound) => Ok(Some(Direction::Inbound)),
         Ok(pb::Direction::Outbound) => Ok(Some(Direction::Outbound)),
         Ok(pb::Direction::Unspecified) if optional => Ok(None),
-        Ok(pb::Direction::Unspecified) => Err("the direction is required (DIRECTION_INBOUND or DIRECTION_OUTBOUND)".into()),
+        Ok(pb::Direction::Unspecified) => {
+            Err("the direction is required (DIRECTION_INBOUND or DIRECTION_OUTBOUND)".into())
+        }
         Err(_) => Err(format!("unknown direction {raw}")),
     }
 }
 
 /// Parses the interaction of a RecordInteraction request at `field`.
-pub fn new_interaction_in(field: &str, i: Option<&pb::Interaction>, now: Timestamp) -> Result<NewInteraction> {
+pub fn new_interaction_in(
+    field: &str,
+    i: Option<&pb::Interaction>,
+    now: Timestamp,
+) -> Result<NewInteraction> {
     let Some(i) = i else {
         return Err(Error::invalid(field, "the interaction is required"));
     };
@@ -558,13 +669,18 @@ pub fn new_interaction_in(field: &str, i: Option<&pb::Interaction>, now: Timesta
     };
     let raw = RawInteraction {
         channel: channel_in(i.channel),
-        direction: direction_in(i.direction, false).and_then(|d| d.ok_or_else(|| "the direction is required".to_string())),
+        direction: direction_in(i.direction, false)
+            .and_then(|d| d.ok_or_else(|| "the direction is required".to_string())),
         department: &i.department,
         kind: &i.r#type,
         message_key: &i.message_key,
         case_id: &i.case_id,
         case_state,
-        amount: i.amount.as_ref().map(|m| Money { currency: m.currency_code.clone(), units: m.units, nanos: m.nanos }),
+        amount: i.amount.as_ref().map(|m| Money {
+            currency: m.currency_code.clone(),
+            units: m.units,
+            nanos: m.nanos,
+        }),
         summary: &i.summary,
         attributes: &i.attributes,
         occurred_at,
@@ -591,9 +707,17 @@ pub fn interaction_out(i: &Interaction, profile: ProfileId) -> pb::Interaction {
             Some(CaseState::Open) => pb::CaseState::Open,
             Some(CaseState::Closed) => pb::CaseState::Closed,
         } as i32,
-        amount: i.amount.as_ref().map(|m| pb::Money { currency_code: m.currency.clone(), units: m.units, nanos: m.nanos }),
+        amount: i.amount.as_ref().map(|m| pb::Money {
+            currency_code: m.currency.clone(),
+            units: m.units,
+            nanos: m.nanos,
+        }),
         summary: i.summary.clone(),
-        attributes: i.attributes.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        attributes: i
+            .attributes
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
         occurred_at: Some(time_out(i.occurred_at)),
         recorded_at: Some(time_out(i.recorded_at)),
     }

@@ -4,9 +4,11 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::convert::{self, Violations, identifiers_in, profile_ref_in, required_identifier, text_in};
-use super::pb::{self, identity_service_server::IdentityService};
 use super::Core;
+use super::convert::{
+    self, Violations, identifiers_in, profile_ref_in, required_identifier, text_in,
+};
+use super::pb::{self, identity_service_server::IdentityService};
 use crate::domain::identity::{self, ProfileKey, ResolveInput};
 use crate::domain::ids::{MergeId, RequestId};
 
@@ -20,17 +22,31 @@ pub struct IdentityApi(pub Arc<Core>);
 
 #[tonic::async_trait]
 impl IdentityService for IdentityApi {
-    async fn resolve(&self, req: Request<pb::ResolveRequest>) -> Result<Response<pb::ResolveResponse>, Status> {
+    async fn resolve(
+        &self,
+        req: Request<pb::ResolveRequest>,
+    ) -> Result<Response<pb::ResolveResponse>, Status> {
         let req = req.into_inner();
         let mut v = Violations::default();
-        let identifiers = v.check(identifiers_in("identifiers", &req.identifiers, 1, MAX_RESOLVE_IDENTIFIERS));
+        let identifiers = v.check(identifiers_in(
+            "identifiers",
+            &req.identifiers,
+            1,
+            MAX_RESOLVE_IDENTIFIERS,
+        ));
         let source = v.check(text_in("source", &req.source, 64, false));
         let request_id = v.check(RequestId::parse_optional("request_id", &req.request_id));
         v.finish()?;
-        let (Some(identifiers), Some(source), Some(request_id)) = (identifiers, source, request_id) else {
+        let (Some(identifiers), Some(source), Some(request_id)) = (identifiers, source, request_id)
+        else {
             return Err(Status::internal("validation passed without values"));
         };
-        let input = ResolveInput { identifiers, create_if_missing: req.create_if_missing, allow_merge: req.allow_merge, source };
+        let input = ResolveInput {
+            identifiers,
+            create_if_missing: req.create_if_missing,
+            allow_merge: req.allow_merge,
+            source,
+        };
         let core = &self.0;
         if let Some(r) = core.replayed::<pb::ResolveResponse>("resolve", request_id.as_ref())? {
             return Ok(Response::new(r));
@@ -54,13 +70,17 @@ impl IdentityService for IdentityApi {
         Ok(Response::new(reply))
     }
 
-    async fn lookup_profile_ids(&self, req: Request<pb::LookupProfileIdsRequest>) -> Result<Response<pb::LookupProfileIdsResponse>, Status> {
+    async fn lookup_profile_ids(
+        &self,
+        req: Request<pb::LookupProfileIdsRequest>,
+    ) -> Result<Response<pb::LookupProfileIdsResponse>, Status> {
         let req = req.into_inner();
         let ids = identifiers_in("identifiers", &req.identifiers, 1, MAX_BATCH)?;
         let results = self.0.read(|view| {
             ids.iter()
                 .map(|id| {
-                    let root = match identity::find_root(view, &ProfileKey::Identifier(id.clone())) {
+                    let root = match identity::find_root(view, &ProfileKey::Identifier(id.clone()))
+                    {
                         Ok(r) => Some(r.id),
                         Err(crate::error::Error::NotFound(_)) => None,
                         Err(e) => return Err(e),
@@ -76,7 +96,10 @@ impl IdentityService for IdentityApi {
         Ok(Response::new(pb::LookupProfileIdsResponse { results }))
     }
 
-    async fn link_identifier(&self, req: Request<pb::LinkIdentifierRequest>) -> Result<Response<pb::LinkIdentifierResponse>, Status> {
+    async fn link_identifier(
+        &self,
+        req: Request<pb::LinkIdentifierRequest>,
+    ) -> Result<Response<pb::LinkIdentifierResponse>, Status> {
         let req = req.into_inner();
         let mut v = Violations::default();
         let key = v.check(profile_ref_in("profile", req.profile.as_ref()));
@@ -84,7 +107,8 @@ impl IdentityService for IdentityApi {
         let source = v.check(text_in("source", &req.source, 64, false));
         let request_id = v.check(RequestId::parse_optional("request_id", &req.request_id));
         v.finish()?;
-        let (Some(key), Some(id), Some(source), Some(request_id)) = (key, id, source, request_id) else {
+        let (Some(key), Some(id), Some(source), Some(request_id)) = (key, id, source, request_id)
+        else {
             return Err(Status::internal("validation passed without values"));
         };
         let core = &self.0;
@@ -104,7 +128,10 @@ impl IdentityService for IdentityApi {
         Ok(Response::new(reply))
     }
 
-    async fn unlink_identifier(&self, req: Request<pb::UnlinkIdentifierRequest>) -> Result<Response<pb::UnlinkIdentifierResponse>, Status> {
+    async fn unlink_identifier(
+        &self,
+        req: Request<pb::UnlinkIdentifierRequest>,
+    ) -> Result<Response<pb::UnlinkIdentifierResponse>, Status> {
         let req = req.into_inner();
         let mut v = Violations::default();
         let key = v.check(profile_ref_in("profile", req.profile.as_ref()));
@@ -120,20 +147,36 @@ impl IdentityService for IdentityApi {
                 "unlink_identifier",
                 request_id.as_ref(),
                 |tx, now| identity::unlink(tx, &key, &id, now),
-                |(profile, version)| pb::UnlinkIdentifierResponse { profile_id: profile.to_string(), version },
+                |(profile, version)| pb::UnlinkIdentifierResponse {
+                    profile_id: profile.to_string(),
+                    version,
+                },
             )
             .await?;
         Ok(Response::new(reply))
     }
 
-    async fn merge_profiles(&self, req: Request<pb::MergeProfilesRequest>) -> Result<Response<pb::MergeProfilesResponse>, Status> {
+    async fn merge_profiles(
+        &self,
+        req: Request<pb::MergeProfilesRequest>,
+    ) -> Result<Response<pb::MergeProfilesResponse>, Status> {
         let req = req.into_inner();
         let mut v = Violations::default();
         if req.profiles.len() < 2 || req.profiles.len() > MAX_RESOLVE_IDENTIFIERS {
-            v.check::<()>(Err(crate::error::Error::invalid("profiles", format!("name 2 to {MAX_RESOLVE_IDENTIFIERS} profiles, got {}", req.profiles.len()))));
+            v.check::<()>(Err(crate::error::Error::invalid(
+                "profiles",
+                format!(
+                    "name 2 to {MAX_RESOLVE_IDENTIFIERS} profiles, got {}",
+                    req.profiles.len()
+                ),
+            )));
         }
-        let keys: Vec<Option<ProfileKey>> =
-            req.profiles.iter().enumerate().map(|(i, p)| v.check(profile_ref_in(&format!("profiles[{i}]"), Some(p)))).collect();
+        let keys: Vec<Option<ProfileKey>> = req
+            .profiles
+            .iter()
+            .enumerate()
+            .map(|(i, p)| v.check(profile_ref_in(&format!("profiles[{i}]"), Some(p))))
+            .collect();
         let reason = v.check(text_in("reason", &req.reason, 256, false));
         let source = v.check(text_in("source", &req.source, 64, false));
         let request_id = v.check(RequestId::parse_optional("request_id", &req.request_id));
@@ -158,11 +201,17 @@ impl IdentityService for IdentityApi {
         Ok(Response::new(reply))
     }
 
-    async fn unmerge_profiles(&self, req: Request<pb::UnmergeProfilesRequest>) -> Result<Response<pb::UnmergeProfilesResponse>, Status> {
+    async fn unmerge_profiles(
+        &self,
+        req: Request<pb::UnmergeProfilesRequest>,
+    ) -> Result<Response<pb::UnmergeProfilesResponse>, Status> {
         let req = req.into_inner();
         let mut v = Violations::default();
         let merge_id = v.check(if req.merge_id.is_empty() {
-            Err(crate::error::Error::invalid("merge_id", "the merge id is required (see ListMerges)"))
+            Err(crate::error::Error::invalid(
+                "merge_id",
+                "the merge id is required (see ListMerges)",
+            ))
         } else {
             MergeId::parse("merge_id", &req.merge_id)
         });
@@ -170,7 +219,9 @@ impl IdentityService for IdentityApi {
         let source = v.check(text_in("source", &req.source, 64, false));
         let request_id = v.check(RequestId::parse_optional("request_id", &req.request_id));
         v.finish()?;
-        let (Some(merge_id), Some(reason), Some(source), Some(request_id)) = (merge_id, reason, source, request_id) else {
+        let (Some(merge_id), Some(reason), Some(source), Some(request_id)) =
+            (merge_id, reason, source, request_id)
+        else {
             return Err(Status::internal("validation passed without values"));
         };
         let reply = self
@@ -191,13 +242,18 @@ impl IdentityService for IdentityApi {
         Ok(Response::new(reply))
     }
 
-    async fn list_merges(&self, req: Request<pb::ListMergesRequest>) -> Result<Response<pb::ListMergesResponse>, Status> {
+    async fn list_merges(
+        &self,
+        req: Request<pb::ListMergesRequest>,
+    ) -> Result<Response<pb::ListMergesResponse>, Status> {
         let req = req.into_inner();
         let key = profile_ref_in("profile", req.profile.as_ref())?;
         let merges = self.0.read(|view| {
             let root = identity::find_root(view, &key)?;
             identity::list_merges(view, &root)
         })?;
-        Ok(Response::new(pb::ListMergesResponse { merges: merges.iter().map(convert::merge_out).collect() }))
+        Ok(Response::new(pb::ListMergesResponse {
+            merges: merges.iter().map(convert::merge_out).collect(),
+        }))
     }
 }

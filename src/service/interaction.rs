@@ -36,18 +36,29 @@ fn entry_in(prefix: &str, r: &pb::RecordInteractionRequest, now: Timestamp) -> R
     let p = |f: &str| convert::path(prefix, f);
     let mut v = Violations::default();
     let key = v.check(profile_ref_in(&p("profile"), r.profile.as_ref()));
-    let new = v.check(convert::new_interaction_in(&p("interaction"), r.interaction.as_ref(), now));
+    let new = v.check(convert::new_interaction_in(
+        &p("interaction"),
+        r.interaction.as_ref(),
+        now,
+    ));
     let request_id = v.check(RequestId::parse_optional(&p("request_id"), &r.request_id));
     v.finish()?;
     match (key, new, request_id) {
-        (Some(key), Some(new), Some(request_id)) => Ok(Entry { key, new, request_id }),
+        (Some(key), Some(new), Some(request_id)) => Ok(Entry {
+            key,
+            new,
+            request_id,
+        }),
         _ => Err(Error::invalid(prefix, "incomplete")),
     }
 }
 
 /// Records entries in one transaction; entries already recorded under their request id
 /// answer with their first response.
-async fn record_all(core: &Core, entries: Vec<Entry>) -> Result<Vec<pb::RecordInteractionResponse>> {
+async fn record_all(
+    core: &Core,
+    entries: Vec<Entry>,
+) -> Result<Vec<pb::RecordInteractionResponse>> {
     let now = core.now();
     core.store
         .write_with(|tx| {
@@ -56,8 +67,9 @@ async fn record_all(core: &Core, entries: Vec<Entry>) -> Result<Vec<pb::RecordIn
                 if let Some(id) = &e.request_id {
                     if let Some(bytes) = tx.idempotent_response(SCOPE, id.as_str())? {
                         out.push(
-                            pb::RecordInteractionResponse::decode(bytes.as_slice())
-                                .map_err(|err| Error::Corrupt(format!("stored interaction response: {err}")))?,
+                            pb::RecordInteractionResponse::decode(bytes.as_slice()).map_err(
+                                |err| Error::Corrupt(format!("stored interaction response: {err}")),
+                            )?,
                         );
                         continue;
                     }
@@ -85,28 +97,51 @@ struct ListPosition {
 
 #[tonic::async_trait]
 impl InteractionService for InteractionApi {
-    async fn record_interaction(&self, req: Request<pb::RecordInteractionRequest>) -> Result<Response<pb::RecordInteractionResponse>, Status> {
+    async fn record_interaction(
+        &self,
+        req: Request<pb::RecordInteractionRequest>,
+    ) -> Result<Response<pb::RecordInteractionResponse>, Status> {
         let req = req.into_inner();
         let entry = entry_in("", &req, self.0.now())?;
         let mut replies = record_all(&self.0, vec![entry]).await?;
-        replies.pop().map(Response::new).ok_or_else(|| Status::internal("no reply recorded"))
+        replies
+            .pop()
+            .map(Response::new)
+            .ok_or_else(|| Status::internal("no reply recorded"))
     }
 
-    async fn record_interactions(&self, req: Request<pb::RecordInteractionsRequest>) -> Result<Response<pb::RecordInteractionsResponse>, Status> {
+    async fn record_interactions(
+        &self,
+        req: Request<pb::RecordInteractionsRequest>,
+    ) -> Result<Response<pb::RecordInteractionsResponse>, Status> {
         let req = req.into_inner();
         if req.requests.is_empty() || req.requests.len() > MAX_INTERACTION_BATCH {
-            return Err(Error::invalid("requests", format!("send 1 to {MAX_INTERACTION_BATCH} entries, got {}", req.requests.len())).into());
+            return Err(Error::invalid(
+                "requests",
+                format!(
+                    "send 1 to {MAX_INTERACTION_BATCH} entries, got {}",
+                    req.requests.len()
+                ),
+            )
+            .into());
         }
         let now = self.0.now();
         let mut v = Violations::default();
-        let entries: Vec<Option<Entry>> =
-            req.requests.iter().enumerate().map(|(i, r)| v.check(entry_in(&format!("requests[{i}]"), r, now))).collect();
+        let entries: Vec<Option<Entry>> = req
+            .requests
+            .iter()
+            .enumerate()
+            .map(|(i, r)| v.check(entry_in(&format!("requests[{i}]"), r, now)))
+            .collect();
         v.finish()?;
         let responses = record_all(&self.0, entries.into_iter().flatten().collect()).await?;
         Ok(Response::new(pb::RecordInteractionsResponse { responses }))
     }
 
-    async fn list_interactions(&self, req: Request<pb::ListInteractionsRequest>) -> Result<Response<pb::ListInteractionsResponse>, Status> {
+    async fn list_interactions(
+        &self,
+        req: Request<pb::ListInteractionsRequest>,
+    ) -> Result<Response<pb::ListInteractionsResponse>, Status> {
         let req = req.into_inner();
         let mut v = Violations::default();
         let key = v.check(profile_ref_in("profile", req.profile.as_ref()));
@@ -114,11 +149,27 @@ impl InteractionService for InteractionApi {
             .channels
             .iter()
             .enumerate()
-            .filter_map(|(i, c)| v.check(convert::channel_in(*c).map_err(|e| Error::invalid(format!("channels[{i}]"), e))))
+            .filter_map(|(i, c)| {
+                v.check(
+                    convert::channel_in(*c)
+                        .map_err(|e| Error::invalid(format!("channels[{i}]"), e)),
+                )
+            })
             .collect();
-        let direction = v.check(convert::direction_in(req.direction, true).map_err(|e| Error::invalid("direction", e))).flatten();
-        let after = req.occurred_after.as_ref().and_then(|t| v.check(convert::time_in("occurred_after", t)));
-        let before = req.occurred_before.as_ref().and_then(|t| v.check(convert::time_in("occurred_before", t)));
+        let direction = v
+            .check(
+                convert::direction_in(req.direction, true)
+                    .map_err(|e| Error::invalid("direction", e)),
+            )
+            .flatten();
+        let after = req
+            .occurred_after
+            .as_ref()
+            .and_then(|t| v.check(convert::time_in("occurred_after", t)));
+        let before = req
+            .occurred_before
+            .as_ref()
+            .and_then(|t| v.check(convert::time_in("occurred_before", t)));
         let page_size = v.check(page_size_in(req.page_size, 50, 500));
         v.finish()?;
         let (Some(key), Some(page_size)) = (key, page_size) else {
@@ -132,18 +183,40 @@ impl InteractionService for InteractionApi {
             after,
             before,
         };
-        let fp = page_token::fingerprint(&[b"interactions", format!("{key:?}").as_bytes(), format!("{filter:?}").as_bytes()]);
-        let cursor = page_token::decode::<ListPosition>(&req.page_token, fp)?
-            .map(|p| (Timestamp(p.occurred_at), InteractionId::from_bytes(p.interaction_id)));
+        let fp = page_token::fingerprint(&[
+            b"interactions",
+            format!("{key:?}").as_bytes(),
+            format!("{filter:?}").as_bytes(),
+        ]);
+        let cursor = page_token::decode::<ListPosition>(&req.page_token, fp)?.map(|p| {
+            (
+                Timestamp(p.occurred_at),
+                InteractionId::from_bytes(p.interaction_id),
+            )
+        });
         let (items, next) = self.0.read(|view| {
             let root = crate::domain::identity::find_root(view, &key)?;
             let (items, next) = timeline::list(view, &key, &filter, cursor, page_size)?;
-            Ok((items.iter().map(|i| convert::interaction_out(i, root.id)).collect::<Vec<_>>(), next))
+            Ok((
+                items
+                    .iter()
+                    .map(|i| convert::interaction_out(i, root.id))
+                    .collect::<Vec<_>>(),
+                next,
+            ))
         })?;
         Ok(Response::new(pb::ListInteractionsResponse {
             interactions: items,
             next_page_token: next
-                .map(|(t, id)| page_token::encode(&ListPosition { occurred_at: t.0, interaction_id: *id.as_bytes() }, fp))
+                .map(|(t, id)| {
+                    page_token::encode(
+                        &ListPosition {
+                            occurred_at: t.0,
+                            interaction_id: *id.as_bytes(),
+                        },
+                        fp,
+                    )
+                })
                 .unwrap_or_default(),
         }))
     }

@@ -30,7 +30,8 @@ pub mod pb {
     tonic::include_proto!("customer_profile.v1");
 
     /// Encoded descriptors of every proto file (and its imports), for reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("customer_profile_descriptor");
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("customer_profile_descriptor");
 }
 
 /// What every handler shares.
@@ -89,11 +90,20 @@ impl Core {
     }
 
     /// The stored reply of an earlier call with `request_id`, if any (read-only paths).
-    pub fn replayed<M: Message + Default>(&self, scope: &str, request_id: Option<&RequestId>) -> Result<Option<M>> {
-        let Some(id) = request_id else { return Ok(None) };
+    pub fn replayed<M: Message + Default>(
+        &self,
+        scope: &str,
+        request_id: Option<&RequestId>,
+    ) -> Result<Option<M>> {
+        let Some(id) = request_id else {
+            return Ok(None);
+        };
         let bytes = self.read(|v| v.idempotent_response(scope, id.as_str()))?;
         bytes
-            .map(|b| M::decode(b.as_slice()).map_err(|e| Error::Corrupt(format!("stored {scope} response: {e}"))))
+            .map(|b| {
+                M::decode(b.as_slice())
+                    .map_err(|e| Error::Corrupt(format!("stored {scope} response: {e}")))
+            })
             .transpose()
     }
 }

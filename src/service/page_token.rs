@@ -28,16 +28,31 @@ pub fn decode<T: DeserializeOwned>(token: &str, fingerprint: u64) -> Result<Opti
     if token.is_empty() {
         return Ok(None);
     }
-    let bad = |why: &str| Error::invalid("page_token", format!("{why}; pass next_page_token from the previous response unchanged"));
-    let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| bad("not a page token"))?;
+    let bad = |why: &str| {
+        Error::invalid(
+            "page_token",
+            format!("{why}; pass next_page_token from the previous response unchanged"),
+        )
+    };
+    let bytes = URL_SAFE_NO_PAD
+        .decode(token)
+        .map_err(|_| bad("not a page token"))?;
     if bytes.len() < 9 || bytes[0] != TOKEN_V1 {
         return Err(bad("not a page token"));
     }
-    let fp = u64::from_be_bytes(bytes[1..9].try_into().map_err(|_| bad("not a page token"))?);
+    let fp = u64::from_be_bytes(
+        bytes[1..9]
+            .try_into()
+            .map_err(|_| bad("not a page token"))?,
+    );
     if fp != fingerprint {
-        return Err(bad("the token was issued for a different query (profile or filters changed)"));
+        return Err(bad(
+            "the token was issued for a different query (profile or filters changed)",
+        ));
     }
-    postcard::from_bytes(&bytes[9..]).map(Some).map_err(|_| bad("not a page token"))
+    postcard::from_bytes(&bytes[9..])
+        .map(Some)
+        .map_err(|_| bad("not a page token"))
 }
 
 /// FNV-1a over bytes: a fingerprint stable across builds and processes.

@@ -28,7 +28,10 @@ fn check_min_version(view: &profiles::ProfileView, min_version: u64) -> Result<(
     if min_version > view.root.version {
         return Err(Error::precondition(
             "VERSION_NOT_REACHED",
-            format!("profile {} is at version {}, below min_version {min_version}", view.root.id, view.root.version),
+            format!(
+                "profile {} is at version {}, below min_version {min_version}",
+                view.root.id, view.root.version
+            ),
         ));
     }
     Ok(())
@@ -38,7 +41,10 @@ type ChangeStream = Pin<Box<dyn Stream<Item = Result<pb::WatchChangesResponse, S
 
 #[tonic::async_trait]
 impl ProfileService for ProfileApi {
-    async fn get_profile(&self, req: Request<pb::GetProfileRequest>) -> Result<Response<pb::GetProfileResponse>, Status> {
+    async fn get_profile(
+        &self,
+        req: Request<pb::GetProfileRequest>,
+    ) -> Result<Response<pb::GetProfileResponse>, Status> {
         let req = req.into_inner();
         let mut v = Violations::default();
         let key = v.check(profile_ref_in("profile", req.profile.as_ref()));
@@ -47,15 +53,26 @@ impl ProfileService for ProfileApi {
         let (Some(key), Some(mask)) = (key, mask) else {
             return Err(Status::internal("validation passed without values"));
         };
-        let view = self.0.read(|view| profiles::view_profile(view, &key, mask.identifiers))?;
+        let view = self
+            .0
+            .read(|view| profiles::view_profile(view, &key, mask.identifiers))?;
         check_min_version(&view, req.min_version)?;
-        Ok(Response::new(pb::GetProfileResponse { profile: Some(convert::profile_out(&view, &mask)) }))
+        Ok(Response::new(pb::GetProfileResponse {
+            profile: Some(convert::profile_out(&view, &mask)),
+        }))
     }
 
-    async fn batch_get_profiles(&self, req: Request<pb::BatchGetProfilesRequest>) -> Result<Response<pb::BatchGetProfilesResponse>, Status> {
+    async fn batch_get_profiles(
+        &self,
+        req: Request<pb::BatchGetProfilesRequest>,
+    ) -> Result<Response<pb::BatchGetProfilesResponse>, Status> {
         let req = req.into_inner();
         if req.profiles.is_empty() || req.profiles.len() > MAX_BATCH {
-            return Err(Error::invalid("profiles", format!("name 1 to {MAX_BATCH} profiles, got {}", req.profiles.len())).into());
+            return Err(Error::invalid(
+                "profiles",
+                format!("name 1 to {MAX_BATCH} profiles, got {}", req.profiles.len()),
+            )
+            .into());
         }
         let mask = read_mask_in("read_mask", req.read_mask.as_ref())?;
         let results = self.0.read(|view| {
@@ -66,27 +83,41 @@ impl ProfileService for ProfileApi {
                     let outcome = profile_ref_in(&format!("profiles[{i}]"), Some(p))
                         .and_then(|key| profiles::view_profile(view, &key, mask.identifiers));
                     let result = match outcome {
-                        Ok(view) => pb::profile_result::Result::Profile(convert::profile_out(&view, &mask)),
+                        Ok(view) => {
+                            pb::profile_result::Result::Profile(convert::profile_out(&view, &mask))
+                        }
                         Err(e @ (Error::NotFound(_) | Error::InvalidArgument(_))) => {
                             let status = Status::from(e);
-                            pb::profile_result::Result::Error(pb::ProfileError { code: status.code() as i32, message: status.message().to_string() })
+                            pb::profile_result::Result::Error(pb::ProfileError {
+                                code: status.code() as i32,
+                                message: status.message().to_string(),
+                            })
                         }
                         Err(other) => return Err(other),
                     };
-                    Ok(pb::ProfileResult { result: Some(result) })
+                    Ok(pb::ProfileResult {
+                        result: Some(result),
+                    })
                 })
                 .collect::<Result<Vec<_>, Error>>()
         })?;
         Ok(Response::new(pb::BatchGetProfilesResponse { results }))
     }
 
-    async fn update_profile(&self, req: Request<pb::UpdateProfileRequest>) -> Result<Response<pb::UpdateProfileResponse>, Status> {
+    async fn update_profile(
+        &self,
+        req: Request<pb::UpdateProfileRequest>,
+    ) -> Result<Response<pb::UpdateProfileResponse>, Status> {
         let req = req.into_inner();
         let core = &self.0;
         let now = core.now();
         let mut v = Violations::default();
         let key = v.check(profile_ref_in("profile", req.profile.as_ref()));
-        let changes = v.check(convert::attribute_changes_in(req.attributes.as_ref(), req.update_mask.as_ref(), now));
+        let changes = v.check(convert::attribute_changes_in(
+            req.attributes.as_ref(),
+            req.update_mask.as_ref(),
+            now,
+        ));
         let source = v.check(text_in("source", &req.source, 64, true));
         let observed_at = v.check(match &req.observed_at {
             None => Ok(now),
@@ -100,7 +131,9 @@ impl ProfileService for ProfileApi {
         });
         let request_id = v.check(RequestId::parse_optional("request_id", &req.request_id));
         v.finish()?;
-        let (Some(key), Some(changes), Some(source), Some(observed_at), Some(request_id)) = (key, changes, source, observed_at, request_id) else {
+        let (Some(key), Some(changes), Some(source), Some(observed_at), Some(request_id)) =
+            (key, changes, source, observed_at, request_id)
+        else {
             return Err(Status::internal("validation passed without values"));
         };
         let expected = (req.expected_version != 0).then_some(req.expected_version);
@@ -109,7 +142,15 @@ impl ProfileService for ProfileApi {
                 "update_profile",
                 request_id.as_ref(),
                 |tx, now| {
-                    let updated = profiles::update_profile(tx, &key, changes, &source, observed_at, expected, now)?;
+                    let updated = profiles::update_profile(
+                        tx,
+                        &key,
+                        changes,
+                        &source,
+                        observed_at,
+                        expected,
+                        now,
+                    )?;
                     let view = profiles::view_profile(tx, &key, true)?;
                     Ok((updated, view))
                 },
@@ -123,22 +164,37 @@ impl ProfileService for ProfileApi {
         Ok(Response::new(reply))
     }
 
-    async fn get_profile_history(&self, req: Request<pb::GetProfileHistoryRequest>) -> Result<Response<pb::GetProfileHistoryResponse>, Status> {
+    async fn get_profile_history(
+        &self,
+        req: Request<pb::GetProfileHistoryRequest>,
+    ) -> Result<Response<pb::GetProfileHistoryResponse>, Status> {
         let req = req.into_inner();
         let mut v = Violations::default();
         let key = v.check(profile_ref_in("profile", req.profile.as_ref()));
         if !req.path.is_empty() && crate::domain::attributes::AttrPath::parse(&req.path).is_none() {
-            v.check::<()>(Err(Error::invalid("path", format!("unknown attribute path {:?} (e.g. given_name, custom.tier)", req.path))));
+            v.check::<()>(Err(Error::invalid(
+                "path",
+                format!(
+                    "unknown attribute path {:?} (e.g. given_name, custom.tier)",
+                    req.path
+                ),
+            )));
         }
         let page_size = v.check(page_size_in(req.page_size, 100, 1000));
         v.finish()?;
         let (Some(key), Some(page_size)) = (key, page_size) else {
             return Err(Status::internal("validation passed without values"));
         };
-        let fp = page_token::fingerprint(&[b"history", format!("{key:?}").as_bytes(), req.path.as_bytes()]);
+        let fp = page_token::fingerprint(&[
+            b"history",
+            format!("{key:?}").as_bytes(),
+            req.path.as_bytes(),
+        ]);
         let after: u64 = page_token::decode(&req.page_token, fp)?.unwrap_or(0);
         let path = (!req.path.is_empty()).then_some(req.path.as_str());
-        let (entries, next) = self.0.read(|view| profiles::history_page(view, &key, path, after, page_size))?;
+        let (entries, next) = self
+            .0
+            .read(|view| profiles::history_page(view, &key, path, after, page_size))?;
         Ok(Response::new(pb::GetProfileHistoryResponse {
             changes: entries.iter().map(convert::history_out).collect(),
             next_page_token: next.map(|n| page_token::encode(&n, fp)).unwrap_or_default(),
@@ -147,7 +203,10 @@ impl ProfileService for ProfileApi {
 
     type WatchChangesStream = ChangeStream;
 
-    async fn watch_changes(&self, req: Request<pb::WatchChangesRequest>) -> Result<Response<Self::WatchChangesStream>, Status> {
+    async fn watch_changes(
+        &self,
+        req: Request<pb::WatchChangesRequest>,
+    ) -> Result<Response<Self::WatchChangesStream>, Status> {
         let from = req.into_inner().from_sequence;
         let core = self.0.clone();
         let floor = core.store.changes_floor()?;
@@ -188,7 +247,13 @@ impl ProfileService for ProfileApi {
                 }
                 for e in events {
                     cursor = e.sequence;
-                    if tx.send(Ok(pb::WatchChangesResponse { event: Some(convert::change_out(&e)) })).await.is_err() {
+                    if tx
+                        .send(Ok(pb::WatchChangesResponse {
+                            event: Some(convert::change_out(&e)),
+                        }))
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                 }
@@ -206,7 +271,10 @@ pub fn page_size_in(raw: i32, default: usize, max: usize) -> Result<usize, Error
     match raw {
         0 => Ok(default),
         n if n < 0 => Err(Error::invalid("page_size", "must not be negative")),
-        n if n as usize > max => Err(Error::invalid("page_size", format!("at most {max}, got {n}"))),
+        n if n as usize > max => Err(Error::invalid(
+            "page_size",
+            format!("at most {max}, got {n}"),
+        )),
         n => Ok(n as usize),
     }
 }

@@ -23,7 +23,9 @@ pub fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T> {
     match bytes.split_first() {
         Some((&FORMAT_V1, payload)) => postcard::from_bytes(payload)
             .map_err(|e| Error::Corrupt(format!("{what}: cannot decode: {e}"))),
-        Some((v, _)) => Err(Error::Corrupt(format!("{what}: unknown format version {v}"))),
+        Some((v, _)) => Err(Error::Corrupt(format!(
+            "{what}: unknown format version {v}"
+        ))),
         None => Err(Error::Corrupt(format!("{what}: empty value"))),
     }
 }

@@ -80,3 +80,6 @@ impl dyn Store {
         out.ok_or_else(|| Error::Unavailable("write callback did not run".into()))
     }
 }
+
+#[cfg(test)]
+mod model_tests;

@@ -76,7 +76,14 @@ type Entries = Vec<(Vec<u8>, Vec<u8>)>;
 trait Raw {
     fn get(&self, tree: TreeName, key: &[u8]) -> Result<Option<Vec<u8>>>;
     /// Keys in `[lo, hi)` (`hi = None`: to the end), ascending or descending, at most `limit`.
-    fn range(&self, tree: TreeName, lo: &[u8], hi: Option<&[u8]>, rev: bool, limit: usize) -> Result<Entries>;
+    fn range(
+        &self,
+        tree: TreeName,
+        lo: &[u8],
+        hi: Option<&[u8]>,
+        rev: bool,
+        limit: usize,
+    ) -> Result<Entries>;
 }
 
 impl SledStore {
@@ -84,14 +91,22 @@ impl SledStore {
     /// commit.
     pub fn open(opts: &StoreOptions) -> Result<SledStore> {
         std::fs::create_dir_all(&opts.path).map_err(|e| {
-            Error::Unavailable(format!("cannot create data directory {}: {e}", opts.path.display()))
+            Error::Unavailable(format!(
+                "cannot create data directory {}: {e}",
+                opts.path.display()
+            ))
         })?;
         let db = sled::Config::new()
             .path(&opts.path)
             .cache_capacity(opts.cache_capacity_bytes)
             .flush_every_ms(None)
             .open()
-            .map_err(|e| Error::Unavailable(format!("cannot open data directory {}: {e}", opts.path.display())))?;
+            .map_err(|e| {
+                Error::Unavailable(format!(
+                    "cannot open data directory {}: {e}",
+                    opts.path.display()
+                ))
+            })?;
         let trees = TreeName::ALL
             .iter()
             .map(|t| db.open_tree(t.name()).map_err(sled_err))
@@ -106,7 +121,9 @@ impl SledStore {
         match meta.get(keys::META_SCHEMA_VERSION).map_err(sled_err)? {
             None => {
                 if !trees[TreeName::Profiles.index()].is_empty() {
-                    return Err(Error::Corrupt("the data directory holds profiles but no schema version".into()));
+                    return Err(Error::Corrupt(
+                        "the data directory holds profiles but no schema version".into(),
+                    ));
                 }
                 meta.insert(keys::META_SCHEMA_VERSION, &SCHEMA_VERSION.to_be_bytes())
                     .map_err(sled_err)?;
@@ -124,8 +141,9 @@ impl SledStore {
         let last_change_seq = read_u64(keys::META_LAST_CHANGE_SEQ)?;
         let last_write_seq = read_u64(keys::META_LAST_WRITE_SEQ)?;
         db.flush().map_err(sled_err)?;
-        let log_file = File::open(opts.path.join("db"))
-            .map_err(|e| Error::Unavailable(format!("cannot open the store's log file for fsync: {e}")))?;
+        let log_file = File::open(opts.path.join("db")).map_err(|e| {
+            Error::Unavailable(format!("cannot open the store's log file for fsync: {e}"))
+        })?;
         log_file
             .sync_all()
             .map_err(|e| Error::Unavailable(format!("cannot fsync the store's log file: {e}")))?;
@@ -173,7 +191,9 @@ impl SledStore {
             return Err(Error::Unavailable("the store is closed".into()));
         }
         if let Some(fault) = &self.group.subscribe().borrow().fault {
-            return Err(Error::Unavailable(format!("the store hit a storage fault: {fault}")));
+            return Err(Error::Unavailable(format!(
+                "the store hit a storage fault: {fault}"
+            )));
         }
         let mut p = Pending {
             store: self,
@@ -186,10 +206,18 @@ impl SledStore {
             return Ok(Ticket(w.commit));
         }
         if p.change_seq != w.last_change_seq {
-            p.set(TreeName::Meta, keys::META_LAST_CHANGE_SEQ.to_vec(), p.change_seq.to_be_bytes().to_vec());
+            p.set(
+                TreeName::Meta,
+                keys::META_LAST_CHANGE_SEQ.to_vec(),
+                p.change_seq.to_be_bytes().to_vec(),
+            );
         }
         if p.write_seq != w.last_write_seq {
-            p.set(TreeName::Meta, keys::META_LAST_WRITE_SEQ.to_vec(), p.write_seq.to_be_bytes().to_vec());
+            p.set(
+                TreeName::Meta,
+                keys::META_LAST_WRITE_SEQ.to_vec(),
+                p.write_seq.to_be_bytes().to_vec(),
+            );
         }
         {
             let _exclusive = self.commit_lock.write();
@@ -224,18 +252,32 @@ impl SledStore {
 
 impl Raw for SledStore {
     fn get(&self, tree: TreeName, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        Ok(self.tree(tree).get(key).map_err(sled_err)?.map(|v| v.to_vec()))
+        Ok(self
+            .tree(tree)
+            .get(key)
+            .map_err(sled_err)?
+            .map(|v| v.to_vec()))
     }
 
-    fn range(&self, tree: TreeName, lo: &[u8], hi: Option<&[u8]>, rev: bool, limit: usize) -> Result<Entries> {
+    fn range(
+        &self,
+        tree: TreeName,
+        lo: &[u8],
+        hi: Option<&[u8]>,
+        rev: bool,
+        limit: usize,
+    ) -> Result<Entries> {
         let t = self.tree(tree);
         let iter = match hi {
             Some(hi) if hi <= lo => return Ok(Vec::new()),
             Some(hi) => t.range(lo..hi),
             None => t.range(lo..),
         };
-        let iter: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> =
-            if rev { Box::new(iter.rev()) } else { Box::new(iter) };
+        let iter: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> = if rev {
+            Box::new(iter.rev())
+        } else {
+            Box::new(iter)
+        };
         iter.take(limit)
             .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(sled_err))
             .collect()
@@ -251,7 +293,14 @@ impl Raw for Snapshot<'_> {
     fn get(&self, tree: TreeName, key: &[u8]) -> Result<Option<Vec<u8>>> {
         self.store.get(tree, key)
     }
-    fn range(&self, tree: TreeName, lo: &[u8], hi: Option<&[u8]>, rev: bool, limit: usize) -> Result<Entries> {
+    fn range(
+        &self,
+        tree: TreeName,
+        lo: &[u8],
+        hi: Option<&[u8]>,
+        rev: bool,
+        limit: usize,
+    ) -> Result<Entries> {
         self.store.range(tree, lo, hi, rev, limit)
     }
 }
@@ -282,7 +331,14 @@ impl Raw for Pending<'_> {
         }
     }
 
-    fn range(&self, tree: TreeName, lo: &[u8], hi: Option<&[u8]>, rev: bool, limit: usize) -> Result<Entries> {
+    fn range(
+        &self,
+        tree: TreeName,
+        lo: &[u8],
+        hi: Option<&[u8]>,
+        rev: bool,
+        limit: usize,
+    ) -> Result<Entries> {
         let pending: Vec<(&Vec<u8>, &Option<Vec<u8>>)> = self.writes[tree.index()]
             .range(lo.to_vec()..)
             .take_while(|(k, _)| hi.is_none_or(|h| k.as_slice() < h))
@@ -295,10 +351,16 @@ impl Raw for Pending<'_> {
         let want = limit.saturating_add(pending.len());
         let committed = self.store.range(tree, lo, hi, rev, want)?;
         let truncated = committed.len() == want;
-        let boundary = if truncated { committed.last().map(|(k, _)| k.clone()) } else { None };
+        let boundary = if truncated {
+            committed.last().map(|(k, _)| k.clone())
+        } else {
+            None
+        };
         let mut merged: BTreeMap<Vec<u8>, Vec<u8>> = committed.into_iter().collect();
         for (k, v) in pending {
-            let beyond = boundary.as_ref().is_some_and(|b| if rev { k < b } else { k > b });
+            let beyond = boundary
+                .as_ref()
+                .is_some_and(|b| if rev { k < b } else { k > b });
             if beyond {
                 continue;
             }
@@ -339,10 +401,16 @@ impl<R: Raw> ReadView for R {
 
     fn own_identifiers(&self, profile: ProfileId) -> Result<Vec<IdentifierLink>> {
         let (lo, hi) = prefix_bounds(&keys::profile(profile));
-        self.range(TreeName::ProfileIdentifiers, &lo, hi.as_deref(), false, usize::MAX)?
-            .iter()
-            .map(|(_, v)| decode("profile identifier", v))
-            .collect()
+        self.range(
+            TreeName::ProfileIdentifiers,
+            &lo,
+            hi.as_deref(),
+            false,
+            usize::MAX,
+        )?
+        .iter()
+        .map(|(_, v)| decode("profile identifier", v))
+        .collect()
     }
 
     fn merge(&self, id: MergeId) -> Result<Option<MergeRecord>> {
@@ -353,10 +421,16 @@ impl<R: Raw> ReadView for R {
 
     fn merges_of(&self, profile: ProfileId) -> Result<Vec<MergeId>> {
         let (lo, hi) = prefix_bounds(&keys::profile(profile));
-        self.range(TreeName::ProfileMerges, &lo, hi.as_deref(), false, usize::MAX)?
-            .iter()
-            .map(|(k, _)| keys::merge_of_profile_merge(k))
-            .collect()
+        self.range(
+            TreeName::ProfileMerges,
+            &lo,
+            hi.as_deref(),
+            false,
+            usize::MAX,
+        )?
+        .iter()
+        .map(|(k, _)| keys::merge_of_profile_merge(k))
+        .collect()
     }
 
     fn history(&self, profile: ProfileId, after: u64, limit: usize) -> Result<Vec<HistoryEntry>> {
@@ -371,16 +445,27 @@ impl<R: Raw> ReadView for R {
             .collect()
     }
 
-    fn interactions(&self, profile: ProfileId, before: Option<InteractionCursor>, limit: usize) -> Result<Vec<Interaction>> {
+    fn interactions(
+        &self,
+        profile: ProfileId,
+        before: Option<InteractionCursor>,
+        limit: usize,
+    ) -> Result<Vec<Interaction>> {
         let lo = keys::profile(profile).to_vec();
         let hi = match before {
             Some((t, id)) => Some(keys::interaction(profile, t, id).to_vec()),
             None => keys::prefix_end(&lo),
         };
-        self.range(TreeName::ProfileInteractions, &lo, hi.as_deref(), true, limit)?
-            .iter()
-            .map(|(_, v)| decode("interaction", v))
-            .collect()
+        self.range(
+            TreeName::ProfileInteractions,
+            &lo,
+            hi.as_deref(),
+            true,
+            limit,
+        )?
+        .iter()
+        .map(|(_, v)| decode("interaction", v))
+        .collect()
     }
 
     fn idempotent_response(&self, scope: &str, request_id: &str) -> Result<Option<Vec<u8>>> {
@@ -398,26 +483,52 @@ impl WriteTx for Pending<'_> {
 
     fn put_link(&mut self, link: &IdentifierLink) -> Result<()> {
         let v = encode(link)?;
-        self.set(TreeName::IdentifierToProfile, keys::identifier(&link.identifier), v.clone());
-        self.set(TreeName::ProfileIdentifiers, keys::profile_identifier(link.origin, &link.identifier), v);
+        self.set(
+            TreeName::IdentifierToProfile,
+            keys::identifier(&link.identifier),
+            v.clone(),
+        );
+        self.set(
+            TreeName::ProfileIdentifiers,
+            keys::profile_identifier(link.origin, &link.identifier),
+            v,
+        );
         Ok(())
     }
 
     fn remove_link(&mut self, link: &IdentifierLink) -> Result<()> {
-        self.delete(TreeName::IdentifierToProfile, keys::identifier(&link.identifier));
-        self.delete(TreeName::ProfileIdentifiers, keys::profile_identifier(link.origin, &link.identifier));
+        self.delete(
+            TreeName::IdentifierToProfile,
+            keys::identifier(&link.identifier),
+        );
+        self.delete(
+            TreeName::ProfileIdentifiers,
+            keys::profile_identifier(link.origin, &link.identifier),
+        );
         Ok(())
     }
 
     fn put_merge(&mut self, m: &MergeRecord) -> Result<()> {
         self.set(TreeName::Merges, keys::merge(m.id).to_vec(), encode(m)?);
-        self.set(TreeName::ProfileMerges, keys::profile_merge(m.survivor, m.id).to_vec(), Vec::new());
-        self.set(TreeName::ProfileMerges, keys::profile_merge(m.absorbed, m.id).to_vec(), Vec::new());
+        self.set(
+            TreeName::ProfileMerges,
+            keys::profile_merge(m.survivor, m.id).to_vec(),
+            Vec::new(),
+        );
+        self.set(
+            TreeName::ProfileMerges,
+            keys::profile_merge(m.absorbed, m.id).to_vec(),
+            Vec::new(),
+        );
         Ok(())
     }
 
     fn put_history(&mut self, h: &HistoryEntry) -> Result<()> {
-        self.set(TreeName::AttributeHistory, keys::history(h.origin, h.write_seq).to_vec(), encode(h)?);
+        self.set(
+            TreeName::AttributeHistory,
+            keys::history(h.origin, h.write_seq).to_vec(),
+            encode(h)?,
+        );
         Ok(())
     }
 
@@ -430,13 +541,23 @@ impl WriteTx for Pending<'_> {
         Ok(())
     }
 
-    fn put_idempotent_response(&mut self, scope: &str, request_id: &str, at: Timestamp, response: &[u8]) -> Result<()> {
+    fn put_idempotent_response(
+        &mut self,
+        scope: &str,
+        request_id: &str,
+        at: Timestamp,
+        response: &[u8],
+    ) -> Result<()> {
         let key = keys::idempotency(scope, request_id);
         let record = IdempotentRecord {
             created_at: at,
             response: response.to_vec(),
         };
-        self.set(TreeName::IdempotencyExpiry, keys::idempotency_expiry(at, &key), Vec::new());
+        self.set(
+            TreeName::IdempotencyExpiry,
+            keys::idempotency_expiry(at, &key),
+            Vec::new(),
+        );
         self.set(TreeName::Idempotency, key, encode(&record)?);
         Ok(())
     }
@@ -457,7 +578,11 @@ impl WriteTx for Pending<'_> {
             related: change.related,
             recorded_at: at,
         };
-        self.set(TreeName::Changes, keys::change(event.sequence).to_vec(), encode(&event)?);
+        self.set(
+            TreeName::Changes,
+            keys::change(event.sequence).to_vec(),
+            encode(&event)?,
+        );
         Ok(event.sequence)
     }
 }
@@ -483,7 +608,9 @@ impl Store for SledStore {
                 .await
                 .map_err(|_| Error::Unavailable("the flusher stopped".into()))?;
             match &state.fault {
-                Some(f) if state.commit < ticket.0 => Err(Error::Unavailable(format!("the write could not be made durable: {f}"))),
+                Some(f) if state.commit < ticket.0 => Err(Error::Unavailable(format!(
+                    "the write could not be made durable: {f}"
+                ))),
                 _ => Ok(()),
             }
         })
@@ -536,7 +663,11 @@ impl Store for SledStore {
                     n += 1;
                 }
                 if new_floor != floor {
-                    p.set(TreeName::Meta, keys::META_CHANGES_FLOOR.to_vec(), new_floor.to_be_bytes().to_vec());
+                    p.set(
+                        TreeName::Meta,
+                        keys::META_CHANGES_FLOOR.to_vec(),
+                        new_floor.to_be_bytes().to_vec(),
+                    );
                 }
                 for (k, _) in p.range(TreeName::IdempotencyExpiry, &[], None, false, PRUNE_BATCH)? {
                     let (at, idem) = keys::parse_idempotency_expiry(&k)?;
