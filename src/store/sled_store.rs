@@ -694,3 +694,76 @@ impl Store for SledStore {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn open(dir: &std::path::Path) -> Result<SledStore> {
+        SledStore::open(&StoreOptions {
+            path: dir.to_path_buf(),
+            cache_capacity_bytes: 8 << 20,
+        })
+    }
+
+    fn tempdir() -> tempfile::TempDir {
+        tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn refuses_a_newer_schema_and_keeps_the_current_one() -> Result<()> {
+        let dir = tempdir();
+        {
+            let store = open(dir.path())?;
+            store.close()?;
+        }
+        {
+            let store = open(dir.path())?;
+            store
+                .tree(TreeName::Meta)
+                .insert(keys::META_SCHEMA_VERSION, &99u64.to_be_bytes())
+                .map_err(sled_err)?;
+            store.close()?;
+        }
+        let err = open(dir.path())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("schema version 99"), "{err}");
+        Ok(())
+    }
+
+    proptest! {
+        /// The write set's range scans equal a plain ordered map with the writes applied.
+        #[test]
+        fn pending_range_equals_a_map_with_the_writes_applied(
+            committed in proptest::collection::btree_map(0u8..40, 0u8..5, 0..30),
+            writes in proptest::collection::vec((0u8..40, proptest::option::of(0u8..5)), 0..30),
+            lo in 0u8..40, span in 0u8..45, rev: bool, limit in 0usize..12,
+        ) {
+            let dir = tempdir();
+            let store = open(dir.path()).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let tree = store.tree(TreeName::Changes);
+            for (k, v) in &committed {
+                tree.insert([*k], &[*v]).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            }
+            let mut model: BTreeMap<u8, u8> = committed.clone();
+            let mut p = Pending { store: &store, writes: vec![BTreeMap::new(); TreeName::ALL.len()], change_seq: 0, write_seq: 0 };
+            for (k, v) in &writes {
+                match v {
+                    Some(v) => { p.set(TreeName::Changes, vec![*k], vec![*v]); model.insert(*k, *v); }
+                    None => { p.delete(TreeName::Changes, vec![*k]); model.remove(k); }
+                }
+            }
+            let hi = lo.saturating_add(span);
+            let got = p.range(TreeName::Changes, &[lo], Some(&[hi]), rev, limit).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let in_range = model.range(lo..hi.max(lo)).map(|(k, v)| (vec![*k], vec![*v]));
+            let want: Vec<(Vec<u8>, Vec<u8>)> = if rev { in_range.rev().take(limit).collect() } else { in_range.take(limit).collect() };
+            prop_assert_eq!(got, want);
+        }
+    }
+}
