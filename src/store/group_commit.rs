@@ -83,8 +83,13 @@ impl GroupCommit {
 
     /// Flushes what is pending and stops the thread.
     pub fn stop(&self) {
-        self.shared.stop.store(true, Ordering::SeqCst);
-        self.shared.wake.notify_all();
+        {
+            // Under the lock the flusher checks `stop` with, so the wake-up cannot fall between
+            // its check and its wait.
+            let _guard = self.shared.requested.lock();
+            self.shared.stop.store(true, Ordering::SeqCst);
+            self.shared.wake.notify_all();
+        }
         if let Some(t) = self.thread.lock().take() {
             if t.join().is_err() {
                 tracing::error!("group-commit thread panicked");
