@@ -96,17 +96,30 @@ impl SledStore {
                 opts.path.display()
             ))
         })?;
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(&opts.path)
             .cache_capacity(opts.cache_capacity_bytes)
-            .flush_every_ms(None)
-            .open()
-            .map_err(|e| {
-                Error::Unavailable(format!(
-                    "cannot open data directory {}: {e}",
-                    opts.path.display()
-                ))
-            })?;
+            .flush_every_ms(None);
+        // sled's file lock is released when its I/O threads let go of a closed store, a moment
+        // after the close; an in-process restart waits for that (bounded) instead of failing.
+        let mut attempts = 0;
+        let db = loop {
+            match config.open() {
+                Ok(db) => break db,
+                Err(sled::Error::Io(e))
+                    if e.kind() == std::io::ErrorKind::WouldBlock && attempts < 250 =>
+                {
+                    attempts += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => {
+                    return Err(Error::Unavailable(format!(
+                        "cannot open data directory {} (is another server using it?): {e}",
+                        opts.path.display()
+                    )));
+                }
+            }
+        };
         let trees = TreeName::ALL
             .iter()
             .map(|t| db.open_tree(t.name()).map_err(sled_err))
