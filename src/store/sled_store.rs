@@ -303,27 +303,6 @@ impl Raw for SledStore {
     }
 }
 
-/// A consistent snapshot: holds the shared side of the commit lock.
-struct Snapshot<'a> {
-    store: &'a SledStore,
-}
-
-impl Raw for Snapshot<'_> {
-    fn get(&self, tree: TreeName, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        self.store.get(tree, key)
-    }
-    fn range(
-        &self,
-        tree: TreeName,
-        lo: &[u8],
-        hi: Option<&[u8]>,
-        rev: bool,
-        limit: usize,
-    ) -> Result<Entries> {
-        self.store.range(tree, lo, hi, rev, limit)
-    }
-}
-
 /// The write set of the transaction being built, over committed data.
 struct Pending<'a> {
     store: &'a SledStore,
@@ -612,7 +591,8 @@ const PRUNE_BATCH: usize = 1000;
 impl Store for SledStore {
     fn read(&self, f: &mut dyn FnMut(&dyn ReadView) -> Result<()>) -> Result<()> {
         let _shared = self.commit_lock.read();
-        f(&Snapshot { store: self })
+        // Holding the shared side of the commit lock makes the committed trees a snapshot.
+        f(self)
     }
 
     fn write(&self, f: &mut dyn FnMut(&mut dyn WriteTx) -> Result<()>) -> Result<Ticket> {
