@@ -7,6 +7,8 @@ const PROTOS: &[&str] = &[
     "proto/customer_profile/v1/identity.proto",
     "proto/customer_profile/v1/profile.proto",
     "proto/customer_profile/v1/interaction.proto",
+    "proto/customer_profile/v1/consent.proto",
+    "proto/customer_profile/v1/contact.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

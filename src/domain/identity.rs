@@ -13,6 +13,7 @@ use super::ids::{MergeId, ProfileId};
 use super::policy::{IdentityPolicy, LinkRefusal, MergeRefusal};
 use super::ports::{NewChange, ReadView, WriteTx, members, root_of, tree_identifiers};
 use super::profile::{ChangeKind, IdentifierLink, MergeRecord, ProfileRecord, Unmerge};
+use super::segments::reindex;
 use super::time::Timestamp;
 use crate::error::{Error, Result};
 
@@ -436,6 +437,7 @@ pub fn apply(
                 },
                 now,
             )?;
+            reindex(tx, &[p.id])?;
             Ok(Resolution {
                 outcome: Outcome::Created,
                 profile: Some(p.id),
@@ -466,6 +468,7 @@ pub fn apply(
                 },
                 now,
             )?;
+            reindex(tx, &[root.id])?;
             Ok(Resolution {
                 outcome: Outcome::Linked,
                 profile: Some(root.id),
@@ -542,6 +545,7 @@ fn merge_into(
             reason: reason.to_string(),
             triggers,
             unmerged: None,
+            write_seq: tx.next_write_seq()?,
         };
         a.merged_into = Some((m.id, survivor.id));
         a.updated_at = now;
@@ -571,6 +575,9 @@ fn merge_into(
             now,
         )?;
     }
+    let mut touched = vec![survivor.id];
+    touched.extend(records.iter().map(|m| m.absorbed));
+    reindex(tx, &touched)?;
     Ok(Merged {
         survivor: survivor.id,
         version: survivor.version,
@@ -704,6 +711,7 @@ pub fn unmerge(
             now,
         )?;
     }
+    reindex(tx, &[root.id, absorbed.id, m.survivor])?;
     Ok(Unmerged {
         merge: m,
         survivor_root: (root.id, root.version),
@@ -771,6 +779,7 @@ pub fn link(
         },
         now,
     )?;
+    reindex(tx, &[root.id])?;
     Ok((root.id, root.version, true))
 }
 
@@ -811,6 +820,7 @@ pub fn unlink(
         },
         now,
     )?;
+    reindex(tx, &[root.id])?;
     Ok((root.id, root.version))
 }
 

@@ -68,6 +68,12 @@ uuid_id!(
     "merge"
 );
 
+uuid_id!(
+    /// One consent record.
+    ConsentId,
+    "consent"
+);
+
 fn new_v7(now: Timestamp) -> Uuid {
     let micros = now.0.max(0);
     let secs = (micros / Timestamp::MICROS_PER_SEC) as u64;

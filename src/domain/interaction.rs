@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::consent::Purpose;
 use super::ids::{InteractionId, ProfileId};
 use super::time::Timestamp;
 use crate::error::{Error, FieldViolation, Result};
@@ -31,6 +32,22 @@ pub enum Channel {
     Chat,
     /// Social.
     Social,
+}
+
+impl Channel {
+    /// Every channel, in wire order.
+    pub const ALL: [Channel; 10] = [
+        Channel::Email,
+        Channel::Sms,
+        Channel::PhoneCall,
+        Channel::Web,
+        Channel::App,
+        Channel::Store,
+        Channel::Post,
+        Channel::Push,
+        Channel::Chat,
+        Channel::Social,
+    ];
 }
 
 /// Who started it.
@@ -91,6 +108,8 @@ pub struct Interaction {
     pub occurred_at: Timestamp,
     /// Server time.
     pub recorded_at: Timestamp,
+    /// Why an outbound contact was sent (marketing counts towards caps).
+    pub purpose: Option<Purpose>,
 }
 
 /// An interaction as submitted, checked, before it gets an id.
@@ -116,6 +135,8 @@ pub struct NewInteraction {
     pub attributes: BTreeMap<String, String>,
     /// Client time; `None` = now.
     pub occurred_at: Option<Timestamp>,
+    /// Purpose of an outbound contact.
+    pub purpose: Option<Purpose>,
 }
 
 /// Longest summary, bytes.
@@ -149,6 +170,18 @@ pub struct RawInteraction<'a> {
     pub attributes: &'a std::collections::HashMap<String, String>,
     /// Client time.
     pub occurred_at: Option<Timestamp>,
+    /// Parsed purpose (`None` = unspecified).
+    pub purpose: Result<Option<Purpose>, String>,
+}
+
+/// Whether `s` is a valid interaction type (`[a-z0-9_.]{1,64}`).
+pub fn valid_type(s: &str) -> bool {
+    slug(s, b"_.")
+}
+
+/// Whether `s` is a valid department (`[a-z0-9_]{1,64}`).
+pub fn valid_department(s: &str) -> bool {
+    slug(s, b"_")
 }
 
 fn slug(s: &str, extra: &[u8]) -> bool {
@@ -281,6 +314,7 @@ impl NewInteraction {
                 );
             }
         }
+        let purpose = raw.purpose.map_err(|e| bad("purpose", e)).ok().flatten();
         if let Some(t) = raw.occurred_at {
             if t > now.plus_secs(MAX_FUTURE_SECS) {
                 bad(
@@ -307,6 +341,7 @@ impl NewInteraction {
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect(),
                 occurred_at: raw.occurred_at,
+                purpose,
             }),
             _ => Err(Error::InvalidArgument(v)),
         }

@@ -2,10 +2,13 @@
 //! them. Reads see a consistent snapshot; a write transaction also sees its own writes.
 
 use super::attributes::HistoryEntry;
+use super::consent::{ConsentRecord, Preferences};
 use super::identifier::Identifier;
 use super::ids::{MergeId, ProfileId};
 use super::interaction::{Interaction, InteractionCursor};
 use super::profile::{ChangeKind, IdentifierLink, MergeRecord, ProfileRecord};
+use super::segments::{IndexQuery, IndexTerm};
+use super::summary::Summary;
 use super::time::Timestamp;
 use crate::error::Result;
 
@@ -33,6 +36,29 @@ pub trait ReadView {
     ) -> Result<Vec<Interaction>>;
     /// A stored idempotent response.
     fn idempotent_response(&self, scope: &str, request_id: &str) -> Result<Option<Vec<u8>>>;
+    /// Consent records written to `profile` (not its tree), in write order.
+    fn consents(&self, profile: ProfileId) -> Result<Vec<ConsentRecord>>;
+    /// The preferences last set on `profile` itself.
+    fn preferences(&self, profile: ProfileId) -> Result<Option<Preferences>>;
+    /// The summary of the interactions written to `profile` itself.
+    fn summary(&self, profile: ProfileId) -> Result<Option<Summary>>;
+    /// When an outbound interaction with `message_key` written to `profile` last occurred.
+    fn message_sent(&self, profile: ProfileId, message_key: &str) -> Result<Option<Timestamp>>;
+    /// The terms `profile` is indexed under.
+    fn index_terms(&self, profile: ProfileId) -> Result<Vec<IndexTerm>>;
+    /// Up to `limit` live profiles indexed under terms matching `q`, in index order.
+    fn index_scan(&self, q: &IndexQuery, limit: usize) -> Result<Vec<ProfileId>>;
+    /// Origin profiles of up to `limit` interactions of type `kind` (with attribute
+    /// `attr.0 = attr.1`) that occurred at or after `since`, oldest first (repeats possible).
+    fn interactions_indexed(
+        &self,
+        kind: &str,
+        attr: Option<(&str, &str)>,
+        since: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<ProfileId>>;
+    /// Up to `limit` profile records (any, merged-away included) with ids above `after`.
+    fn profiles_after(&self, after: Option<ProfileId>, limit: usize) -> Result<Vec<ProfileRecord>>;
 }
 
 /// A change event before the store gives it its sequence number.
@@ -71,6 +97,26 @@ pub trait WriteTx: ReadView {
         request_id: &str,
         at: Timestamp,
         response: &[u8],
+    ) -> Result<()>;
+    /// Appends a consent record.
+    fn put_consent(&mut self, c: &ConsentRecord) -> Result<()>;
+    /// Replaces the preferences set on `profile`.
+    fn put_preferences(&mut self, profile: ProfileId, p: &Preferences) -> Result<()>;
+    /// Replaces the summary of `profile`'s own interactions.
+    fn put_summary(&mut self, profile: ProfileId, s: &Summary) -> Result<()>;
+    /// Records when `message_key` was last sent, on `profile`.
+    fn put_message_sent(
+        &mut self,
+        profile: ProfileId,
+        message_key: &str,
+        at: Timestamp,
+    ) -> Result<()>;
+    /// Replaces `profile`'s index terms `old` (as stored) with `new`.
+    fn set_index_terms(
+        &mut self,
+        profile: ProfileId,
+        old: &[IndexTerm],
+        new: &[IndexTerm],
     ) -> Result<()>;
     /// Next value of the global write counter (attribute tie-breaks, history order).
     fn next_write_seq(&mut self) -> Result<u64>;

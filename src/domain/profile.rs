@@ -87,6 +87,8 @@ pub struct MergeRecord {
     pub triggers: Vec<Identifier>,
     /// Set once undone.
     pub unmerged: Option<Unmerge>,
+    /// Global write order (orders the merge against writes in the same microsecond).
+    pub write_seq: u64,
 }
 
 /// How a merge was undone.
@@ -115,6 +117,8 @@ pub enum ChangeKind {
     ProfilesUnmerged,
     /// An interaction was recorded.
     InteractionRecorded,
+    /// Consent or preferences changed.
+    ConsentChanged,
 }
 
 /// A durable change event (no personal values).

@@ -3,10 +3,16 @@
 use super::attributes::{
     AttrMap, AttrPath, AttrValue, HistoryEntry, MAX_CUSTOM_ATTRIBUTES, Value, combine,
 };
+use super::consent::{ConsentState, Consents, Preferences, Purpose, preferences_of};
 use super::identity::{ProfileKey, find_root};
+use super::interaction::Channel;
 use super::ports::{NewChange, ReadView, WriteTx, members, tree_identifiers};
 use super::profile::{ChangeKind, IdentifierLink, ProfileRecord};
+use super::rules::Rules;
+use super::summary::{Summary, SummaryPolicy};
+use super::time::Duration;
 use super::time::Timestamp;
+use super::tree::MergeTree;
 use crate::error::{Error, Result};
 
 /// A live profile as its readers see it.
@@ -20,17 +26,109 @@ pub struct ProfileView {
     pub identifiers: Vec<IdentifierLink>,
     /// Winning attribute values of the whole tree (cleared values left out).
     pub attributes: AttrMap,
+    /// Consent in force per purpose × channel (empty unless asked for).
+    pub consents: Vec<(Purpose, Channel, ConsentState)>,
+    /// Preferences in force (unless not asked for or never set).
+    pub preferences: Option<Preferences>,
+    /// The summary, evaluated at the time of the read (when asked for).
+    pub summary: Option<SummaryView>,
 }
 
-/// Reads the view of the profile `key` names. `with_identifiers = false` skips the index scan.
+/// A summary with its scores evaluated at `as_of`.
+#[derive(Debug, Clone)]
+pub struct SummaryView {
+    /// The combined summary of the tree.
+    pub summary: Summary,
+    /// Engagement at `as_of`.
+    pub engagement: f64,
+    /// Contact pressure at `as_of`.
+    pub pressure: f64,
+    /// The time of the read.
+    pub as_of: Timestamp,
+    /// Half-life of engagement.
+    pub engagement_half_life: Duration,
+    /// Half-life of contact pressure.
+    pub pressure_half_life: Duration,
+}
+
+/// Which optional parts of a profile to load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Parts {
+    /// Identifiers (an index scan per member).
+    pub identifiers: bool,
+    /// Consent in force.
+    pub consents: bool,
+    /// Preferences.
+    pub preferences: bool,
+    /// Summary.
+    pub summary: bool,
+}
+
+impl Parts {
+    /// Everything.
+    pub const ALL: Parts = Parts {
+        identifiers: true,
+        consents: true,
+        preferences: true,
+        summary: true,
+    };
+}
+
+/// The combined summary of a tree, evaluated at `now`.
+pub fn summary_view(
+    view: &dyn ReadView,
+    members: &[ProfileRecord],
+    policy: &SummaryPolicy,
+    now: Timestamp,
+) -> Result<SummaryView> {
+    let mut s = Summary::default();
+    for m in members {
+        if let Some(x) = view.summary(m.id)? {
+            s.combine(&x, policy);
+        }
+    }
+    Ok(SummaryView {
+        engagement: s.engagement.at(now, policy.engagement_half_life),
+        pressure: s.pressure.at(now, policy.pressure_half_life),
+        summary: s,
+        as_of: now,
+        engagement_half_life: policy.engagement_half_life,
+        pressure_half_life: policy.pressure_half_life,
+    })
+}
+
+/// Reads the view of the profile `key` names, loading the optional `parts` asked for.
 pub fn view_profile(
     view: &dyn ReadView,
     key: &ProfileKey,
-    with_identifiers: bool,
+    parts: Parts,
+    rules: &Rules,
+    now: Timestamp,
 ) -> Result<ProfileView> {
     let root = find_root(view, key)?;
     let ms = members(view, &root)?;
-    let identifiers = if with_identifiers {
+    let (consents, preferences) = if parts.consents || parts.preferences {
+        let tree = MergeTree::load(view, &root)?;
+        let preferences = if parts.preferences {
+            preferences_of(view, &tree)?
+        } else {
+            None
+        };
+        let consents = if parts.consents {
+            Consents::load(view, tree)?.effective(now)
+        } else {
+            Vec::new()
+        };
+        (consents, preferences)
+    } else {
+        (Vec::new(), None)
+    };
+    let summary = if parts.summary {
+        Some(summary_view(view, &ms, &rules.summary, now)?)
+    } else {
+        None
+    };
+    let identifiers = if parts.identifiers {
         let mut ids = tree_identifiers(view, &ms)?;
         ids.sort_by(|a, b| (a.linked_at, &a.identifier).cmp(&(b.linked_at, &b.identifier)));
         ids
@@ -44,6 +142,9 @@ pub fn view_profile(
         root,
         identifiers,
         attributes,
+        consents,
+        preferences,
+        summary,
     })
 }
 
@@ -149,6 +250,9 @@ pub fn update_profile(
             },
             now,
         )?;
+    }
+    if !applied.is_empty() {
+        super::segments::reindex(tx, &[root.id])?;
     }
     Ok(Updated {
         applied,

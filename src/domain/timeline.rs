@@ -2,9 +2,12 @@
 
 use super::identity::{ProfileKey, find_root};
 use super::ids::InteractionId;
-use super::interaction::{Interaction, InteractionCursor, InteractionFilter, NewInteraction};
+use super::interaction::{
+    Direction, Interaction, InteractionCursor, InteractionFilter, NewInteraction,
+};
 use super::ports::{NewChange, ReadView, WriteTx, members};
 use super::profile::ChangeKind;
+use super::rules::Rules;
 use super::time::Timestamp;
 use crate::error::Result;
 
@@ -13,6 +16,7 @@ pub fn record(
     tx: &mut dyn WriteTx,
     key: &ProfileKey,
     new: NewInteraction,
+    rules: &Rules,
     now: Timestamp,
 ) -> Result<(Interaction, u64)> {
     let mut root = find_root(tx, key)?;
@@ -30,8 +34,20 @@ pub fn record(
         attributes: new.attributes,
         occurred_at: new.occurred_at.unwrap_or(now),
         recorded_at: now,
+        purpose: new.purpose,
     };
     tx.put_interaction(&interaction)?;
+    // The summary of what was written to this profile, updated in O(1).
+    let mut summary = tx.summary(root.id)?.unwrap_or_default();
+    summary.add(&interaction, &rules.summary);
+    summary.prune_contacts(now.minus(rules.contact.horizon()));
+    tx.put_summary(root.id, &summary)?;
+    if let (Direction::Outbound, Some(k)) = (interaction.direction, &interaction.message_key) {
+        let last = tx.message_sent(root.id, k)?;
+        if last.is_none_or(|t| t < interaction.occurred_at) {
+            tx.put_message_sent(root.id, k, interaction.occurred_at)?;
+        }
+    }
     root.version += 1;
     root.updated_at = now;
     tx.put_profile(&root)?;
@@ -40,7 +56,7 @@ pub fn record(
             kind: ChangeKind::InteractionRecorded,
             profile: root.id,
             version: root.version,
-            paths: vec!["interactions".into()],
+            paths: vec!["interactions".into(), "summary".into()],
             related: vec![],
         },
         now,

@@ -1,7 +1,7 @@
 //! Configuration: defaults < TOML file < `CUSTOMER_PROFILE_*` environment < command-line flags,
 //! layered by figment and checked once at start with messages that name the bad key.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -9,8 +9,13 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+use crate::domain::consent::ConsentPolicy;
+use crate::domain::contact::{ContactPolicy, FrequencyCap};
 use crate::domain::identifier::{Identifier, IdentifierKind};
 use crate::domain::policy::IdentityPolicy;
+use crate::domain::rules::Rules;
+use crate::domain::summary::SummaryPolicy;
+use crate::domain::time::Duration;
 
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -30,6 +35,12 @@ pub struct Config {
     pub idempotency: IdempotencyConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Consent lifetimes.
+    pub consent: ConsentConfig,
+    /// Contact policy: caps, de-duplication.
+    pub contact: ContactConfig,
+    /// Profile summary: moment types, scores.
+    pub summary: SummaryConfig,
 }
 
 impl Default for Config {
@@ -42,6 +53,106 @@ impl Default for Config {
             changes: ChangesConfig::default(),
             idempotency: IdempotencyConfig::default(),
             log: LogConfig::default(),
+            consent: ConsentConfig::default(),
+            contact: ContactConfig::default(),
+            summary: SummaryConfig::default(),
+        }
+    }
+}
+
+/// Consent lifetimes (SPEC §7: no perpetual licence).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsentConfig {
+    /// A grant recorded without `expires_at` ends this many calendar months later.
+    pub default_grant_months: u32,
+    /// A grant may not end more than this many calendar months after it is recorded.
+    pub max_grant_months: u32,
+}
+
+impl Default for ConsentConfig {
+    fn default() -> Self {
+        ConsentConfig {
+            default_grant_months: 12,
+            max_grant_months: 24,
+        }
+    }
+}
+
+/// One marketing frequency cap: at most `max` contacts in any rolling `window_hours`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CapConfig {
+    /// Window length, hours.
+    pub window_hours: u32,
+    /// Most outbound marketing contacts in the window.
+    pub max: u32,
+}
+
+/// Contact policy (SPEC §8).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ContactConfig {
+    /// The same `message_key` is not sent twice within this many days, on any channel.
+    pub dedup_window_days: u32,
+    /// Marketing frequency caps across all channels.
+    pub caps: Vec<CapConfig>,
+    /// OUTBOUND interaction types that count as marketing when recorded without a purpose.
+    pub marketing_types: Vec<String>,
+}
+
+impl Default for ContactConfig {
+    fn default() -> Self {
+        ContactConfig {
+            dedup_window_days: 30,
+            caps: vec![
+                CapConfig {
+                    window_hours: 24,
+                    max: 1,
+                },
+                CapConfig {
+                    window_hours: 7 * 24,
+                    max: 3,
+                },
+                CapConfig {
+                    window_hours: 30 * 24,
+                    max: 8,
+                },
+            ],
+            marketing_types: vec!["campaign_message".into()],
+        }
+    }
+}
+
+/// Profile summary (SPEC §6).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SummaryConfig {
+    /// Interaction types whose latest occurrence is kept as a moment that matters.
+    pub moment_types: Vec<String>,
+    /// Interaction types whose `amount` adds to lifetime spend.
+    pub purchase_types: Vec<String>,
+    /// Half-life of the engagement score (inbound interactions), days.
+    pub engagement_half_life_days: f64,
+    /// Half-life of the contact pressure score (outbound marketing), days.
+    pub contact_pressure_half_life_days: f64,
+}
+
+impl Default for SummaryConfig {
+    fn default() -> Self {
+        SummaryConfig {
+            moment_types: [
+                "bill_payment",
+                "plan_change",
+                "support_call",
+                "complaint",
+                "purchase",
+            ]
+            .map(String::from)
+            .to_vec(),
+            purchase_types: vec!["purchase".into()],
+            engagement_half_life_days: 30.0,
+            contact_pressure_half_life_days: 7.0,
         }
     }
 }
@@ -226,7 +337,101 @@ impl Config {
                 "storage.cache_capacity_mb must be above 0".into(),
             ));
         }
-        self.identity_policy().map(|_| ())
+        self.identity_policy()?;
+        self.rules().map(|_| ())
+    }
+
+    /// The consent, contact and summary rules this configuration describes.
+    pub fn rules(&self) -> Result<Rules, ConfigError> {
+        let c = &self.consent;
+        if c.default_grant_months == 0 || c.max_grant_months == 0 {
+            return Err(ConfigError(
+                "consent.default_grant_months and consent.max_grant_months must be at least 1"
+                    .into(),
+            ));
+        }
+        if c.default_grant_months > c.max_grant_months {
+            return Err(ConfigError(format!(
+                "consent.default_grant_months ({}) may not exceed consent.max_grant_months ({})",
+                c.default_grant_months, c.max_grant_months
+            )));
+        }
+        if c.max_grant_months > 1200 {
+            return Err(ConfigError(
+                "consent.max_grant_months must be at most 1200".into(),
+            ));
+        }
+        let k = &self.contact;
+        if k.dedup_window_days == 0 || k.dedup_window_days > 3650 {
+            return Err(ConfigError(
+                "contact.dedup_window_days must be 1 to 3650".into(),
+            ));
+        }
+        let mut caps = Vec::new();
+        for (i, cap) in k.caps.iter().enumerate() {
+            if cap.window_hours == 0 || cap.window_hours > 24 * 3650 {
+                return Err(ConfigError(format!(
+                    "contact.caps[{i}].window_hours must be 1 to 87600"
+                )));
+            }
+            if cap.max == 0 {
+                return Err(ConfigError(format!(
+                    "contact.caps[{i}].max must be at least 1 (remove the cap to allow any number)"
+                )));
+            }
+            caps.push(FrequencyCap {
+                window: Duration::hours(i64::from(cap.window_hours)),
+                max: cap.max,
+            });
+        }
+        let s = &self.summary;
+        for (name, v) in [
+            (
+                "summary.engagement_half_life_days",
+                s.engagement_half_life_days,
+            ),
+            (
+                "summary.contact_pressure_half_life_days",
+                s.contact_pressure_half_life_days,
+            ),
+        ] {
+            if !(v.is_finite() && v > 0.0 && v <= 36500.0) {
+                return Err(ConfigError(format!(
+                    "{name} must be above 0 and at most 36500"
+                )));
+            }
+        }
+        let types = |key: &str, list: &[String]| -> Result<BTreeSet<String>, ConfigError> {
+            list.iter()
+                .enumerate()
+                .map(|(i, t)| {
+                    if crate::domain::interaction::valid_type(t) {
+                        Ok(t.clone())
+                    } else {
+                        Err(ConfigError(format!(
+                            "{key}[{i}]: {t:?} is not an interaction type ([a-z0-9_.]{{1,64}})"
+                        )))
+                    }
+                })
+                .collect()
+        };
+        Ok(Rules {
+            consent: ConsentPolicy {
+                default_grant_months: c.default_grant_months,
+                max_grant_months: c.max_grant_months,
+            },
+            contact: ContactPolicy {
+                dedup_window: Duration::days(i64::from(k.dedup_window_days)),
+                caps,
+            },
+            summary: SummaryPolicy {
+                moment_types: types("summary.moment_types", &s.moment_types)?,
+                purchase_types: types("summary.purchase_types", &s.purchase_types)?,
+                marketing_types: types("contact.marketing_types", &k.marketing_types)?,
+                engagement_half_life: Duration::from_days_f64(s.engagement_half_life_days),
+                pressure_half_life: Duration::from_days_f64(s.contact_pressure_half_life_days),
+            },
+        })
     }
 
     /// The identity policy this configuration describes; blocked values are normalised.
@@ -286,6 +491,7 @@ mod tests {
         let c = Config::default();
         assert_eq!(c.listen.to_string(), "127.0.0.1:50051");
         assert_eq!(c.identity_policy()?, IdentityPolicy::default());
+        assert_eq!(c.rules()?, Rules::default());
         Ok(())
     }
 

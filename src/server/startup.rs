@@ -15,17 +15,21 @@ use tonic_health::ServingStatus;
 
 use super::config::Config;
 use crate::domain::time::Clock;
+use crate::service::pb::consent_service_server::ConsentServiceServer;
+use crate::service::pb::contact_service_server::ContactServiceServer;
 use crate::service::pb::identity_service_server::IdentityServiceServer;
 use crate::service::pb::interaction_service_server::InteractionServiceServer;
 use crate::service::pb::profile_service_server::ProfileServiceServer;
-use crate::service::{self, Core, IdentityApi, InteractionApi, ProfileApi};
+use crate::service::{self, ConsentApi, ContactApi, Core, IdentityApi, InteractionApi, ProfileApi};
 use crate::store::{SledStore, Store, StoreOptions};
 
 /// Service names reported by grpc.health.v1 (besides the overall "").
-const SERVICES: [&str; 3] = [
+const SERVICES: [&str; 5] = [
     "customer_profile.v1.IdentityService",
     "customer_profile.v1.ProfileService",
     "customer_profile.v1.InteractionService",
+    "customer_profile.v1.ConsentService",
+    "customer_profile.v1.ContactService",
 ];
 
 /// A server ready to run: the store is open and the listener bound.
@@ -43,6 +47,7 @@ impl Application {
     pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Application> {
         config.validate()?;
         let policy = config.identity_policy()?;
+        let rules = config.rules()?;
         let store = Arc::new(
             SledStore::open(&StoreOptions {
                 path: config.data_dir.clone(),
@@ -59,6 +64,7 @@ impl Application {
             store: store.clone(),
             clock,
             policy,
+            rules,
             shutdown: shutdown_rx,
         });
         Ok(Application {
@@ -128,6 +134,8 @@ impl Application {
             .add_service(IdentityServiceServer::new(IdentityApi(core.clone())))
             .add_service(ProfileServiceServer::new(ProfileApi(core.clone())))
             .add_service(InteractionServiceServer::new(InteractionApi(core.clone())))
+            .add_service(ConsentServiceServer::new(ConsentApi(core.clone())))
+            .add_service(ContactServiceServer::new(ContactApi(core.clone())))
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
             .await
             .context("serving gRPC")?;

@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use prost_types::Timestamp as PbTimestamp;
 
 use super::pb;
+use super::rules_convert as rules;
 use crate::domain::attributes::{
     AttrMap, AttrPath, CoreField, HistoryEntry, Value, check_custom_value, valid_custom_key,
 };
@@ -16,7 +17,7 @@ use crate::domain::interaction::{
     CaseState, Channel, Direction, Interaction, Money, NewInteraction, RawInteraction,
 };
 use crate::domain::profile::{ChangeEvent, ChangeKind, IdentifierLink, MergeRecord};
-use crate::domain::profiles::ProfileView;
+use crate::domain::profiles::{Parts, ProfileView};
 use crate::domain::time::Timestamp;
 use crate::error::{Error, FieldViolation, Result};
 
@@ -288,12 +289,18 @@ pub struct ReadMask {
     pub identifiers: bool,
     /// `merged_ids`.
     pub merged_ids: bool,
+    /// `consents`.
+    pub consents: bool,
+    /// `preferences`.
+    pub preferences: bool,
+    /// `summary`.
+    pub summary: bool,
     /// `None` = every attribute; `Some(paths)` = only these attribute paths (`given_name`,
     /// `custom.tier`, or `custom` for every custom one).
     pub attributes: Option<HashSet<String>>,
 }
 
-const MASK_HELP: &str = "valid paths: identifiers, attributes, attributes.<field>, attributes.custom, attributes.custom.<key>, merged_ids";
+const MASK_HELP: &str = "valid paths: identifiers, attributes, attributes.<field>, attributes.custom, attributes.custom.<key>, merged_ids, consents, preferences, summary";
 
 /// Parses a read mask; empty = everything.
 pub fn read_mask_in(field: &str, mask: Option<&prost_types::FieldMask>) -> Result<ReadMask> {
@@ -304,6 +311,9 @@ pub fn read_mask_in(field: &str, mask: Option<&prost_types::FieldMask>) -> Resul
     let mut out = ReadMask {
         identifiers: false,
         merged_ids: false,
+        consents: false,
+        preferences: false,
+        summary: false,
         attributes: Some(HashSet::new()),
     };
     let mut all_attributes = false;
@@ -311,6 +321,9 @@ pub fn read_mask_in(field: &str, mask: Option<&prost_types::FieldMask>) -> Resul
         match p.as_str() {
             "identifiers" => out.identifiers = true,
             "merged_ids" => out.merged_ids = true,
+            "consents" => out.consents = true,
+            "preferences" => out.preferences = true,
+            "summary" => out.summary = true,
             "attributes" => all_attributes = true,
             "profile_id" | "version" | "created_at" | "updated_at" => {}
             other => {
@@ -345,8 +358,21 @@ impl ReadMask {
     pub const ALL: ReadMask = ReadMask {
         identifiers: true,
         merged_ids: true,
+        consents: true,
+        preferences: true,
+        summary: true,
         attributes: None,
     };
+
+    /// The optional parts of a profile this mask needs loaded.
+    pub fn parts(&self) -> Parts {
+        Parts {
+            identifiers: self.identifiers,
+            consents: self.consents,
+            preferences: self.preferences,
+            summary: self.summary,
+        }
+    }
 
     fn wants(&self, attr_path: &str) -> bool {
         match &self.attributes {
@@ -479,6 +505,24 @@ pub fn profile_out(v: &ProfileView, mask: &ReadMask) -> pb::Profile {
         } else {
             Vec::new()
         },
+        consents: if mask.consents {
+            v.consents
+                .iter()
+                .map(|(p, c, s)| rules::effective_out(*p, *c, s))
+                .collect()
+        } else {
+            Vec::new()
+        },
+        preferences: if mask.preferences {
+            Some(rules::preferences_out(v.preferences.as_ref()))
+        } else {
+            None
+        },
+        summary: if mask.summary {
+            v.summary.as_ref().map(rules::summary_out)
+        } else {
+            None
+        },
     }
 }
 
@@ -589,6 +633,7 @@ pub fn change_out(e: &ChangeEvent) -> pb::ChangeEvent {
             ChangeKind::ProfilesMerged => K::ProfilesMerged,
             ChangeKind::ProfilesUnmerged => K::ProfilesUnmerged,
             ChangeKind::InteractionRecorded => K::InteractionRecorded,
+            ChangeKind::ConsentChanged => K::ConsentChanged,
         } as i32,
         profile_id: e.profile.to_string(),
         version: e.version,
@@ -619,7 +664,8 @@ pub fn channel_in(raw: i32) -> std::result::Result<Channel, String> {
     })
 }
 
-fn channel_out(c: Channel) -> pb::Channel {
+/// A domain channel onto the wire.
+pub fn channel_out(c: Channel) -> pb::Channel {
     use pb::Channel as C;
     match c {
         Channel::Email => C::Email,
@@ -684,6 +730,7 @@ pub fn new_interaction_in(
         summary: &i.summary,
         attributes: &i.attributes,
         occurred_at,
+        purpose: rules::purpose_in(i.purpose, true),
     };
     NewInteraction::check(raw, now).map_err(|e| e.within(field))
 }
@@ -720,5 +767,8 @@ pub fn interaction_out(i: &Interaction, profile: ProfileId) -> pb::Interaction {
             .collect(),
         occurred_at: Some(time_out(i.occurred_at)),
         recorded_at: Some(time_out(i.recorded_at)),
+        purpose: i
+            .purpose
+            .map_or(pb::Purpose::Unspecified, rules::purpose_out) as i32,
     }
 }

@@ -74,7 +74,7 @@ async fn record_all(
                         continue;
                     }
                 }
-                let (interaction, version) = timeline::record(tx, &e.key, e.new, now)?;
+                let (interaction, version) = timeline::record(tx, &e.key, e.new, &core.rules, now)?;
                 let reply = pb::RecordInteractionResponse {
                     interaction: Some(convert::interaction_out(&interaction, interaction.origin)),
                     version,

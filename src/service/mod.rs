@@ -1,11 +1,14 @@
 //! gRPC handlers: parse the request (convert), run the rules over the store, convert the reply.
 //! prost types never leave this module.
 
+mod consent;
+mod contact;
 pub mod convert;
 mod identity;
 mod interaction;
 pub mod page_token;
 mod profile;
+pub mod rules_convert;
 pub mod status;
 
 use std::sync::Arc;
@@ -13,6 +16,8 @@ use std::sync::Arc;
 use prost::Message;
 use tokio::sync::watch;
 
+pub use consent::ConsentApi;
+pub use contact::ContactApi;
 pub use identity::IdentityApi;
 pub use interaction::InteractionApi;
 pub use profile::ProfileApi;
@@ -20,6 +25,7 @@ pub use profile::ProfileApi;
 use crate::domain::ids::RequestId;
 use crate::domain::policy::IdentityPolicy;
 use crate::domain::ports::{ReadView, WriteTx};
+use crate::domain::rules::Rules;
 use crate::domain::time::{Clock, Timestamp};
 use crate::error::{Error, Result};
 use crate::store::Store;
@@ -42,6 +48,8 @@ pub struct Core {
     pub clock: Arc<dyn Clock>,
     /// Identity policy.
     pub policy: IdentityPolicy,
+    /// Consent, contact and summary rules.
+    pub rules: Rules,
     /// Turns true when the server begins to shut down (ends change streams).
     pub shutdown: watch::Receiver<bool>,
 }

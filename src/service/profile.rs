@@ -10,10 +10,13 @@ use tonic::{Request, Response, Status};
 use super::convert::{self, Violations, profile_ref_in, read_mask_in, text_in};
 use super::identity::MAX_BATCH;
 use super::pb::{self, profile_service_server::ProfileService};
-use super::{Core, page_token};
+use super::{Core, page_token, rules_convert};
+use crate::domain::identity::ProfileKey;
+use crate::domain::ids::ProfileId;
 use crate::domain::ids::RequestId;
 use crate::domain::interaction::MAX_FUTURE_SECS;
 use crate::domain::profiles;
+use crate::domain::segments;
 use crate::error::Error;
 
 /// Events read from the store per round of a change stream.
@@ -53,9 +56,10 @@ impl ProfileService for ProfileApi {
         let (Some(key), Some(mask)) = (key, mask) else {
             return Err(Status::internal("validation passed without values"));
         };
-        let view = self
-            .0
-            .read(|view| profiles::view_profile(view, &key, mask.identifiers))?;
+        let core = &self.0;
+        let now = core.now();
+        let view =
+            core.read(|view| profiles::view_profile(view, &key, mask.parts(), &core.rules, now))?;
         check_min_version(&view, req.min_version)?;
         Ok(Response::new(pb::GetProfileResponse {
             profile: Some(convert::profile_out(&view, &mask)),
@@ -75,13 +79,17 @@ impl ProfileService for ProfileApi {
             .into());
         }
         let mask = read_mask_in("read_mask", req.read_mask.as_ref())?;
-        let results = self.0.read(|view| {
+        let core = &self.0;
+        let now = core.now();
+        let results = core.read(|view| {
             req.profiles
                 .iter()
                 .enumerate()
                 .map(|(i, p)| {
-                    let outcome = profile_ref_in(&format!("profiles[{i}]"), Some(p))
-                        .and_then(|key| profiles::view_profile(view, &key, mask.identifiers));
+                    let outcome =
+                        profile_ref_in(&format!("profiles[{i}]"), Some(p)).and_then(|key| {
+                            profiles::view_profile(view, &key, mask.parts(), &core.rules, now)
+                        });
                     let result = match outcome {
                         Ok(view) => {
                             pb::profile_result::Result::Profile(convert::profile_out(&view, &mask))
@@ -137,6 +145,7 @@ impl ProfileService for ProfileApi {
             return Err(Status::internal("validation passed without values"));
         };
         let expected = (req.expected_version != 0).then_some(req.expected_version);
+        let rules = &core.rules;
         let reply = core
             .write(
                 "update_profile",
@@ -151,7 +160,7 @@ impl ProfileService for ProfileApi {
                         expected,
                         now,
                     )?;
-                    let view = profiles::view_profile(tx, &key, true)?;
+                    let view = profiles::view_profile(tx, &key, profiles::Parts::ALL, rules, now)?;
                     Ok((updated, view))
                 },
                 |(updated, view)| pb::UpdateProfileResponse {
@@ -263,6 +272,53 @@ impl ProfileService for ProfileApi {
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn search_profiles(
+        &self,
+        req: Request<pb::SearchProfilesRequest>,
+    ) -> Result<Response<pb::SearchProfilesResponse>, Status> {
+        let req = req.into_inner();
+        let mut v = Violations::default();
+        let filter = v.check(rules_convert::filter_in("filter", req.filter.as_ref()));
+        let mask = v.check(read_mask_in("read_mask", req.read_mask.as_ref()));
+        let page_size = v.check(page_size_in(req.page_size, 50, 1000));
+        v.finish()?;
+        let (Some(filter), Some(mask), Some(page_size)) = (filter, mask, page_size) else {
+            return Err(Status::internal("validation passed without values"));
+        };
+        let fp = page_token::fingerprint(&[b"search", format!("{filter:?}").as_bytes()]);
+        let after = page_token::decode::<[u8; 16]>(&req.page_token, fp)?.map(ProfileId::from_bytes);
+        let core = &self.0;
+        let now = core.now();
+        let (profiles, next) = core.read(|view| {
+            let (ids, next) = segments::search(view, &filter, &core.rules, now, after, page_size)?;
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                let key = ProfileKey::Id(id);
+                let p = profiles::view_profile(view, &key, mask.parts(), &core.rules, now)?;
+                out.push(convert::profile_out(&p, &mask));
+            }
+            Ok::<_, Error>((out, next))
+        })?;
+        Ok(Response::new(pb::SearchProfilesResponse {
+            profiles,
+            next_page_token: next
+                .map(|id| page_token::encode(id.as_bytes(), fp))
+                .unwrap_or_default(),
+        }))
+    }
+
+    async fn count_profiles(
+        &self,
+        req: Request<pb::CountProfilesRequest>,
+    ) -> Result<Response<pb::CountProfilesResponse>, Status> {
+        let req = req.into_inner();
+        let filter = rules_convert::filter_in("filter", req.filter.as_ref())?;
+        let core = &self.0;
+        let now = core.now();
+        let count = core.read(|view| segments::count(view, &filter, &core.rules, now))?;
+        Ok(Response::new(pb::CountProfilesResponse { count }))
     }
 }
 

@@ -14,11 +14,19 @@
 //! | `idempotency`           | scope ++ 0x00 ++ request id                      | `IdempotentResponse` |
 //! | `idempotency_expiry`    | created_at (8, sign-flipped) ++ idempotency key  | empty                |
 //! | `changes`               | sequence (8)                                     | `ChangeEvent`        |
+//! | `consents`              | origin profile id (16) ++ write_seq (8)          | `ConsentRecord`      |
+//! | `preferences`           | profile id (16)                                  | `Preferences`        |
+//! | `summaries`             | profile id (16)                                  | `Summary`            |
+//! | `sent_messages`         | origin profile id (16) ++ message key            | `Timestamp` (last sent) |
+//! | `segment_terms`         | live profile id (16)                             | `Vec<IndexTerm>`     |
+//! | `segment_index`         | term (see [`index_term`]) ++ live profile id (16) | empty               |
+//! | `interaction_index`     | see [`interaction_index`]: type (+ attribute) ++ occurred_at ++ origin ++ id | empty |
 //!
 //! Values are encoded by `codec` (format version byte first).
 
 use crate::domain::identifier::{Identifier, IdentifierKind};
 use crate::domain::ids::{InteractionId, MergeId, ProfileId};
+use crate::domain::segments::{IndexQuery, IndexTerm, IndexValue};
 use crate::domain::time::Timestamp;
 use crate::error::{Error, Result};
 
@@ -47,11 +55,25 @@ pub enum TreeName {
     IdempotencyExpiry,
     /// Sequence → change event.
     Changes,
+    /// Profile → consent records in write order.
+    Consents,
+    /// Profile → its own preferences.
+    Preferences,
+    /// Profile → summary of its own interactions.
+    Summaries,
+    /// Profile ++ message key → when last sent.
+    SentMessages,
+    /// Live profile → the terms it is indexed under.
+    SegmentTerms,
+    /// Term ++ live profile → nothing (the segment index).
+    SegmentIndex,
+    /// Interaction type (+ attribute) ++ time ++ origin ++ id → nothing.
+    InteractionIndex,
 }
 
 impl TreeName {
     /// Every tree, in the order of their index in the store.
-    pub const ALL: [TreeName; 11] = [
+    pub const ALL: [TreeName; 18] = [
         TreeName::Meta,
         TreeName::Profiles,
         TreeName::IdentifierToProfile,
@@ -63,6 +85,13 @@ impl TreeName {
         TreeName::Idempotency,
         TreeName::IdempotencyExpiry,
         TreeName::Changes,
+        TreeName::Consents,
+        TreeName::Preferences,
+        TreeName::Summaries,
+        TreeName::SentMessages,
+        TreeName::SegmentTerms,
+        TreeName::SegmentIndex,
+        TreeName::InteractionIndex,
     ];
 
     /// The sled tree name.
@@ -79,6 +108,13 @@ impl TreeName {
             TreeName::Idempotency => "idempotency",
             TreeName::IdempotencyExpiry => "idempotency_expiry",
             TreeName::Changes => "changes",
+            TreeName::Consents => "consents",
+            TreeName::Preferences => "preferences",
+            TreeName::Summaries => "summaries",
+            TreeName::SentMessages => "sent_messages",
+            TreeName::SegmentTerms => "segment_terms",
+            TreeName::SegmentIndex => "segment_index",
+            TreeName::InteractionIndex => "interaction_index",
         }
     }
 
@@ -209,6 +245,172 @@ pub fn change(seq: u64) -> [u8; 8] {
     seq.to_be_bytes()
 }
 
+/// Profile id ++ write_seq (consent records).
+pub fn consent(profile: ProfileId, write_seq: u64) -> [u8; 24] {
+    history(profile, write_seq)
+}
+
+/// Profile id ++ message key.
+pub fn sent_message(profile: ProfileId, message_key: &str) -> Vec<u8> {
+    let mut k = profile.as_bytes().to_vec();
+    k.extend_from_slice(message_key.as_bytes());
+    k
+}
+
+/// Text in an order-preserving, prefix-free form: 0x00 escaped as 0x00 0xFF, ended by
+/// 0x00 0x01. "abc" < "abc\0" < "abcd" holds for the encodings too.
+fn escaped(out: &mut Vec<u8>, text: &str) {
+    for b in text.bytes() {
+        out.push(b);
+        if b == 0 {
+            out.push(0xff);
+        }
+    }
+    out.extend_from_slice(&[0, 1]);
+}
+
+fn index_value(out: &mut Vec<u8>, v: &IndexValue) {
+    out.push(v.tag());
+    match v {
+        IndexValue::Text(s) => escaped(out, s),
+        IndexValue::Int(i) => out.extend_from_slice(&((*i as u64) ^ (1 << 63)).to_be_bytes()),
+        IndexValue::Double(d) => {
+            // IEEE 754 bits ordered: flip all bits of negatives, the sign bit of positives.
+            let bits = d.to_bits();
+            let ordered = if bits >> 63 == 1 {
+                !bits
+            } else {
+                bits | (1 << 63)
+            };
+            out.extend_from_slice(&ordered.to_be_bytes());
+        }
+        IndexValue::Bool(b) => out.push(u8::from(*b)),
+        IndexValue::Time(t) => out.extend_from_slice(&time_bytes(*t)),
+    }
+}
+
+fn attr_prefix(path: &str) -> Vec<u8> {
+    let mut k = vec![b'a'];
+    k.extend_from_slice(path.as_bytes());
+    k.push(0);
+    k
+}
+
+/// A segment index term: `a` path 0x00 type-tag value | `k` kind | `g` purpose channel.
+/// Every term encoding is prefix-free, so `term ++ profile id` keys of one term are exactly
+/// the keys starting with the term.
+pub fn index_term(t: &IndexTerm) -> Vec<u8> {
+    match t {
+        IndexTerm::Attr { path, value } => {
+            let mut k = attr_prefix(path);
+            index_value(&mut k, value);
+            k
+        }
+        IndexTerm::Kind(kind) => vec![b'k', kind.code()],
+        IndexTerm::Grant(p, c) => vec![b'g', *p as u8, *c as u8],
+    }
+}
+
+/// Term ++ profile id.
+pub fn index_entry(t: &IndexTerm, profile: ProfileId) -> Vec<u8> {
+    let mut k = index_term(t);
+    k.extend_from_slice(profile.as_bytes());
+    k
+}
+
+/// `[lo, hi)` of the index keys a query covers.
+pub fn index_bounds(q: &IndexQuery) -> (Vec<u8>, Option<Vec<u8>>) {
+    match q {
+        IndexQuery::Term(t) => {
+            let k = index_term(t);
+            let end = prefix_end(&k);
+            (k, end)
+        }
+        IndexQuery::AttrRange { path, lower, upper } => {
+            let tag = lower
+                .as_ref()
+                .or(upper.as_ref())
+                .map(|(v, _)| v.tag())
+                .unwrap_or(0);
+            let mut typed = attr_prefix(path);
+            typed.push(tag);
+            let bound = |v: &IndexValue| {
+                let mut k = attr_prefix(path);
+                index_value(&mut k, v);
+                k
+            };
+            let lo = match lower {
+                None => typed.clone(),
+                Some((v, true)) => bound(v),
+                Some((v, false)) => prefix_end(&bound(v)).unwrap_or_else(|| bound(v)),
+            };
+            let hi = match upper {
+                None => prefix_end(&typed),
+                Some((v, true)) => prefix_end(&bound(v)),
+                Some((v, false)) => Some(bound(v)),
+            };
+            (lo, hi)
+        }
+    }
+}
+
+/// The profile id at the end of a segment index key.
+pub fn profile_of_index_entry(key: &[u8]) -> Result<ProfileId> {
+    let start = key
+        .len()
+        .checked_sub(16)
+        .ok_or_else(|| Error::Corrupt("malformed segment index key".into()))?;
+    let bytes: [u8; 16] = key[start..]
+        .try_into()
+        .map_err(|_| Error::Corrupt("malformed segment index key".into()))?;
+    Ok(ProfileId::from_bytes(bytes))
+}
+
+/// The prefix of interaction index keys for a type (`t` type 0x00) or a type and attribute
+/// (`a` type 0x00 key 0x00 escaped value).
+pub fn interaction_index_prefix(kind: &str, attr: Option<(&str, &str)>) -> Vec<u8> {
+    match attr {
+        None => {
+            let mut k = vec![b't'];
+            k.extend_from_slice(kind.as_bytes());
+            k.push(0);
+            k
+        }
+        Some((key, value)) => {
+            let mut k = vec![b'a'];
+            k.extend_from_slice(kind.as_bytes());
+            k.push(0);
+            k.extend_from_slice(key.as_bytes());
+            k.push(0);
+            escaped(&mut k, value);
+            k
+        }
+    }
+}
+
+/// Prefix ++ occurred_at ++ origin ++ interaction id.
+pub fn interaction_index(
+    prefix: &[u8],
+    occurred_at: Timestamp,
+    origin: ProfileId,
+    id: InteractionId,
+) -> Vec<u8> {
+    let mut k = prefix.to_vec();
+    k.extend_from_slice(&time_bytes(occurred_at));
+    k.extend_from_slice(origin.as_bytes());
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+/// The origin profile of an interaction index key.
+pub fn origin_of_interaction_index(key: &[u8]) -> Result<ProfileId> {
+    let end = key
+        .len()
+        .checked_sub(16)
+        .ok_or_else(|| Error::Corrupt("malformed interaction index key".into()))?;
+    profile_of_index_entry(&key[..end])
+}
+
 /// The smallest key greater than every key starting with `prefix` (None: no such key).
 pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
     let mut end = prefix.to_vec();
@@ -239,6 +441,37 @@ mod tests {
         let id = Identifier::parse(IdentifierKind::External, "crm", "A\u{e9}1")?;
         assert_eq!(parse_identifier(&identifier(&id))?, id);
         Ok(())
+    }
+
+    #[test]
+    fn index_value_order_is_byte_order() {
+        let values = [
+            IndexValue::Double(f64::MIN),
+            IndexValue::Double(-2.5),
+            IndexValue::Double(-0.0),
+            IndexValue::Double(0.0),
+            IndexValue::Double(1e-300),
+            IndexValue::Double(3.0),
+            IndexValue::Double(f64::MAX),
+        ];
+        let enc = |v: &IndexValue| {
+            let mut out = Vec::new();
+            index_value(&mut out, v);
+            out
+        };
+        for w in values.windows(2) {
+            assert!(enc(&w[0]) <= enc(&w[1]), "{:?} {:?}", w[0], w[1]);
+        }
+        let texts = ["", "a", "a\0", "a\0b", "ab", "b"];
+        for w in texts.windows(2) {
+            let a = enc(&IndexValue::Text(w[0].into()));
+            let b = enc(&IndexValue::Text(w[1].into()));
+            assert!(a < b, "{:?} {:?}", w[0], w[1]);
+            assert!(!b.starts_with(&a), "prefix-free");
+        }
+        for w in [i64::MIN, -1, 0, 1, i64::MAX].windows(2) {
+            assert!(enc(&IndexValue::Int(w[0])) < enc(&IndexValue::Int(w[1])));
+        }
     }
 
     #[test]

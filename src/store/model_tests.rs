@@ -1,7 +1,9 @@
 //! Property test of the identity graph on a real sled store: random creates, attribute
 //! updates, interactions, merges and unmerges (in any order) against a small reference model in
 //! which a view is simply "the union over the current merge forest". Checks every profile id
-//! ever created after every sequence, plus "an identifier belongs to at most one live profile".
+//! ever created after every sequence, plus "an identifier belongs to at most one live profile",
+//! and that the summary maintained on every write equals one recomputed from the tree's
+//! interactions (late events included) and scores equal their closed form.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -10,30 +12,48 @@ use proptest::prelude::*;
 
 use super::{SledStore, Store, StoreOptions};
 use crate::domain::attributes::{AttrPath, CoreField, Value};
+use crate::domain::consent::Purpose;
 use crate::domain::identifier::{Identifier, IdentifierKind};
 use crate::domain::identity::{self, ProfileKey, ResolveInput};
 use crate::domain::ids::{InteractionId, MergeId, ProfileId};
-use crate::domain::interaction::{Channel, Direction, InteractionFilter, NewInteraction};
+use crate::domain::interaction::{
+    CaseState, Channel, Direction, InteractionFilter, Money, NewInteraction,
+};
 use crate::domain::policy::IdentityPolicy;
-use crate::domain::profiles;
-use crate::domain::time::Timestamp;
+use crate::domain::profiles::{self, Parts};
+use crate::domain::rules::Rules;
+use crate::domain::summary::Summary;
+use crate::domain::time::{Duration, Timestamp};
 use crate::domain::timeline;
 use crate::error::Result;
 
 #[derive(Debug, Clone)]
 enum Op {
     Create,
-    SetCity { profile: usize, observed: i64 },
-    Interact { profile: usize, occurred: i64 },
-    Merge { a: usize, b: usize },
-    Unmerge { merge: usize },
+    SetCity {
+        profile: usize,
+        observed: i64,
+    },
+    Interact {
+        profile: usize,
+        hours_ago: i64,
+        shape: u8,
+    },
+    Merge {
+        a: usize,
+        b: usize,
+    },
+    Unmerge {
+        merge: usize,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         2 => Just(Op::Create),
         3 => (0..8usize, 0..50i64).prop_map(|(profile, observed)| Op::SetCity { profile, observed }),
-        3 => (0..8usize, 0..50i64).prop_map(|(profile, occurred)| Op::Interact { profile, occurred }),
+        4 => (0..8usize, 0..2000i64, any::<u8>())
+            .prop_map(|(profile, hours_ago, shape)| Op::Interact { profile, hours_ago, shape }),
         3 => (0..8usize, 0..8usize).prop_map(|(a, b)| Op::Merge { a, b }),
         2 => (0..8usize).prop_map(|merge| Op::Unmerge { merge }),
     ]
@@ -79,6 +99,7 @@ fn run(ops: Vec<Op>) -> Result<()> {
         cache_capacity_bytes: 8 << 20,
     })?);
     let policy = IdentityPolicy::default();
+    let rules = Rules::default();
     let mut m = Model::default();
     let mut now = Timestamp(1_700_000_000_000_000);
     let mut writes = 0usize;
@@ -132,23 +153,22 @@ fn run(ops: Vec<Op>) -> Result<()> {
                 m.cities.push((m.root(p), observed, writes, city));
                 writes += 1;
             }
-            Op::Interact { profile, occurred } if !m.created.is_empty() => {
+            Op::Interact {
+                profile,
+                hours_ago,
+                shape,
+            } if !m.created.is_empty() => {
                 let p = m.created[profile % m.created.len()].0;
-                let new = NewInteraction {
-                    channel: Channel::Web,
-                    direction: Direction::Inbound,
-                    department: "web".into(),
-                    kind: "visit".into(),
-                    message_key: None,
-                    case: None,
-                    amount: None,
-                    summary: String::new(),
-                    attributes: BTreeMap::new(),
-                    occurred_at: Some(Timestamp(occurred)),
-                };
+                let new = interaction_of_shape(shape, now.minus(Duration::hours(hours_ago)));
                 let mut out = None;
                 store.write(&mut |tx| {
-                    out = Some(timeline::record(tx, &ProfileKey::Id(p), new.clone(), now)?);
+                    out = Some(timeline::record(
+                        tx,
+                        &ProfileKey::Id(p),
+                        new.clone(),
+                        &rules,
+                        now,
+                    )?);
                     Ok(())
                 })?;
                 let (i, _) = out.unwrap_or_else(|| panic!("recorded"));
@@ -200,15 +220,116 @@ fn run(ops: Vec<Op>) -> Result<()> {
             _ => {}
         }
     }
-    check(&*store, &m)
+    check(&*store, &m, &rules, now)
 }
 
-fn check(store: &dyn Store, m: &Model) -> Result<()> {
+/// A varied interaction: channel, direction, type, case, amount and purpose from `shape`.
+fn interaction_of_shape(shape: u8, occurred_at: Timestamp) -> NewInteraction {
+    let kinds = [
+        "purchase",
+        "complaint",
+        "campaign_message",
+        "support_call",
+        "visit",
+    ];
+    let kind = kinds[usize::from(shape) % kinds.len()];
+    let direction = if shape & 0x08 == 0 {
+        Direction::Inbound
+    } else {
+        Direction::Outbound
+    };
+    let case = match (shape >> 4) % 4 {
+        0 => Some((format!("case-{}", shape % 3), CaseState::Open)),
+        1 => Some((format!("case-{}", shape % 3), CaseState::Closed)),
+        _ => None,
+    };
+    NewInteraction {
+        channel: Channel::ALL[usize::from(shape) % Channel::ALL.len()],
+        direction,
+        department: ["web", "sales", "care"][usize::from(shape) % 3].into(),
+        kind: kind.into(),
+        message_key: (shape & 0x40 != 0).then(|| format!("m{}", shape % 5)),
+        case,
+        amount: (shape & 0x20 != 0).then(|| Money {
+            currency: ["EUR", "GBP"][usize::from(shape) % 2].into(),
+            units: i64::from(shape),
+            nanos: 250_000_000,
+        }),
+        summary: String::new(),
+        attributes: BTreeMap::new(),
+        occurred_at: Some(occurred_at),
+        purpose: match shape >> 6 {
+            0 => None,
+            1 => Some(Purpose::Marketing),
+            2 => Some(Purpose::Service),
+            _ => None,
+        },
+    }
+}
+
+fn close(a: f64, b: f64) -> bool {
+    a == b || ((a - b) / a.abs().max(b.abs())).abs() < 1e-9
+}
+
+/// The summary the tree's interactions give when summarised from scratch, compared with the
+/// one maintained on every write and combined over the tree; scores also against the closed
+/// form Σ 2^(−age/half-life).
+fn check_summary(
+    view: &dyn crate::domain::ports::ReadView,
+    v: &profiles::ProfileView,
+    all: &[crate::domain::interaction::Interaction],
+    rules: &Rules,
+    now: Timestamp,
+) {
+    let got = v
+        .summary
+        .as_ref()
+        .unwrap_or_else(|| panic!("summary asked for"));
+    let mut want = Summary::default();
+    for i in all {
+        want.add(i, &rules.summary);
+    }
+    let s = &got.summary;
+    assert_eq!(s.last_inbound, want.last_inbound);
+    assert_eq!(s.last_outbound, want.last_outbound);
+    assert_eq!(s.departments, want.departments);
+    assert_eq!(s.cases, want.cases);
+    assert_eq!(s.moments, want.moments);
+    assert_eq!(s.spend, want.spend);
+    assert_eq!(s.count, want.count);
+    assert_eq!(s.last, want.last);
+    let horizon = rules.contact.horizon();
+    assert_eq!(
+        s.contacts_within(now, horizon),
+        want.contacts_within(now, horizon)
+    );
+    let closed = |hl: Duration, pick: &dyn Fn(&crate::domain::interaction::Interaction) -> bool| {
+        all.iter()
+            .filter(|i| pick(i))
+            .map(|i| (-((now.0 - i.occurred_at.0) as f64) / hl.0 as f64).exp2())
+            .sum::<f64>()
+    };
+    let e = closed(rules.summary.engagement_half_life, &|i| {
+        i.direction == Direction::Inbound
+    });
+    let pr = closed(rules.summary.pressure_half_life, &|i| {
+        rules.summary.is_marketing_contact(i)
+    });
+    assert!(
+        close(got.engagement, e),
+        "engagement {} vs {e}",
+        got.engagement
+    );
+    assert!(close(got.pressure, pr), "pressure {} vs {pr}", got.pressure);
+    let _ = view;
+}
+
+fn check(store: &dyn Store, m: &Model, rules: &Rules, now: Timestamp) -> Result<()> {
     store.read_with(|view| {
         for (p, _) in &m.created {
             let root = m.root(*p);
             let tree = m.tree(root);
-            let v = profiles::view_profile(view, &ProfileKey::Id(*p), true)?;
+            let v = profiles::view_profile(view, &ProfileKey::Id(*p), Parts::ALL, rules, now)?;
             assert_eq!(v.root.id, root, "root of {p}");
             let merged: BTreeSet<ProfileId> = v.merged_ids.iter().copied().chain([root]).collect();
             assert_eq!(merged, tree, "members of {root}");
@@ -245,6 +366,7 @@ fn check(store: &dyn Store, m: &Model) -> Result<()> {
                 None,
                 10_000,
             )?;
+            check_summary(view, &v, &got, rules, now);
             let got: Vec<(Timestamp, InteractionId)> =
                 got.iter().map(|i| (i.occurred_at, i.id)).collect();
             assert_eq!(got, want_i, "interactions of {root}");

@@ -21,11 +21,14 @@ use super::group_commit::{Durable, GroupCommit};
 use super::keys::{self, TreeName};
 use super::{BoxFuture, Store, Ticket};
 use crate::domain::attributes::HistoryEntry;
+use crate::domain::consent::{ConsentRecord, Preferences};
 use crate::domain::identifier::Identifier;
 use crate::domain::ids::{MergeId, ProfileId};
 use crate::domain::interaction::{Interaction, InteractionCursor};
 use crate::domain::ports::{NewChange, ReadView, WriteTx};
 use crate::domain::profile::{ChangeEvent, IdentifierLink, MergeRecord, ProfileRecord};
+use crate::domain::segments::{IndexQuery, IndexTerm};
+use crate::domain::summary::Summary;
 use crate::domain::time::Timestamp;
 use crate::error::{Error, Result};
 
@@ -46,6 +49,8 @@ struct IdempotentRecord {
     created_at: Timestamp,
     response: Vec<u8>,
 }
+
+impl super::codec::Stored for IdempotentRecord {}
 
 struct WriterState {
     commit: u64,
@@ -471,6 +476,82 @@ impl<R: Raw> ReadView for R {
             .map(|v| decode::<IdempotentRecord>("idempotency record", &v).map(|r| r.response))
             .transpose()
     }
+
+    fn consents(&self, profile: ProfileId) -> Result<Vec<ConsentRecord>> {
+        let (lo, hi) = prefix_bounds(&keys::profile(profile));
+        self.range(TreeName::Consents, &lo, hi.as_deref(), false, usize::MAX)?
+            .iter()
+            .map(|(_, v)| decode("consent record", v))
+            .collect()
+    }
+
+    fn preferences(&self, profile: ProfileId) -> Result<Option<Preferences>> {
+        self.get(TreeName::Preferences, &keys::profile(profile))?
+            .map(|v| decode("preferences", &v))
+            .transpose()
+    }
+
+    fn summary(&self, profile: ProfileId) -> Result<Option<Summary>> {
+        self.get(TreeName::Summaries, &keys::profile(profile))?
+            .map(|v| decode("summary", &v))
+            .transpose()
+    }
+
+    fn message_sent(&self, profile: ProfileId, message_key: &str) -> Result<Option<Timestamp>> {
+        self.get(
+            TreeName::SentMessages,
+            &keys::sent_message(profile, message_key),
+        )?
+        .map(|v| decode("sent message", &v))
+        .transpose()
+    }
+
+    fn index_terms(&self, profile: ProfileId) -> Result<Vec<IndexTerm>> {
+        Ok(self
+            .get(TreeName::SegmentTerms, &keys::profile(profile))?
+            .map(|v| decode("segment terms", &v))
+            .transpose()?
+            .unwrap_or_default())
+    }
+
+    fn index_scan(&self, q: &IndexQuery, limit: usize) -> Result<Vec<ProfileId>> {
+        let (lo, hi) = keys::index_bounds(q);
+        self.range(TreeName::SegmentIndex, &lo, hi.as_deref(), false, limit)?
+            .iter()
+            .map(|(k, _)| keys::profile_of_index_entry(k))
+            .collect()
+    }
+
+    fn interactions_indexed(
+        &self,
+        kind: &str,
+        attr: Option<(&str, &str)>,
+        since: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<ProfileId>> {
+        let prefix = keys::interaction_index_prefix(kind, attr);
+        let mut lo = prefix.clone();
+        lo.extend_from_slice(&keys::time_bytes(since));
+        let hi = keys::prefix_end(&prefix);
+        self.range(TreeName::InteractionIndex, &lo, hi.as_deref(), false, limit)?
+            .iter()
+            .map(|(k, _)| keys::origin_of_interaction_index(k))
+            .collect()
+    }
+
+    fn profiles_after(&self, after: Option<ProfileId>, limit: usize) -> Result<Vec<ProfileRecord>> {
+        let lo = match after {
+            Some(a) => match keys::prefix_end(&keys::profile(a)) {
+                Some(k) => k,
+                None => return Ok(Vec::new()),
+            },
+            None => Vec::new(),
+        };
+        self.range(TreeName::Profiles, &lo, None, false, limit)?
+            .iter()
+            .map(|(_, v)| decode("profile", v))
+            .collect()
+    }
 }
 
 impl WriteTx for Pending<'_> {
@@ -536,6 +617,90 @@ impl WriteTx for Pending<'_> {
             keys::interaction(i.origin, i.occurred_at, i.id).to_vec(),
             encode(i)?,
         );
+        let mut prefixes = vec![keys::interaction_index_prefix(&i.kind, None)];
+        for (k, v) in &i.attributes {
+            prefixes.push(keys::interaction_index_prefix(&i.kind, Some((k, v))));
+        }
+        for p in prefixes {
+            self.set(
+                TreeName::InteractionIndex,
+                keys::interaction_index(&p, i.occurred_at, i.origin, i.id),
+                Vec::new(),
+            );
+        }
+        Ok(())
+    }
+
+    fn put_consent(&mut self, c: &ConsentRecord) -> Result<()> {
+        self.set(
+            TreeName::Consents,
+            keys::consent(c.origin, c.write_seq).to_vec(),
+            encode(c)?,
+        );
+        Ok(())
+    }
+
+    fn put_preferences(&mut self, profile: ProfileId, p: &Preferences) -> Result<()> {
+        self.set(
+            TreeName::Preferences,
+            keys::profile(profile).to_vec(),
+            encode(p)?,
+        );
+        Ok(())
+    }
+
+    fn put_summary(&mut self, profile: ProfileId, s: &Summary) -> Result<()> {
+        self.set(
+            TreeName::Summaries,
+            keys::profile(profile).to_vec(),
+            encode(s)?,
+        );
+        Ok(())
+    }
+
+    fn put_message_sent(
+        &mut self,
+        profile: ProfileId,
+        message_key: &str,
+        at: Timestamp,
+    ) -> Result<()> {
+        self.set(
+            TreeName::SentMessages,
+            keys::sent_message(profile, message_key),
+            encode(&at)?,
+        );
+        Ok(())
+    }
+
+    fn set_index_terms(
+        &mut self,
+        profile: ProfileId,
+        old: &[IndexTerm],
+        new: &[IndexTerm],
+    ) -> Result<()> {
+        for t in old {
+            if !new.contains(t) {
+                self.delete(TreeName::SegmentIndex, keys::index_entry(t, profile));
+            }
+        }
+        for t in new {
+            if !old.contains(t) {
+                self.set(
+                    TreeName::SegmentIndex,
+                    keys::index_entry(t, profile),
+                    Vec::new(),
+                );
+            }
+        }
+        if new.is_empty() {
+            self.delete(TreeName::SegmentTerms, keys::profile(profile).to_vec());
+        } else {
+            self.set(
+                TreeName::SegmentTerms,
+                keys::profile(profile).to_vec(),
+                encode(&new.to_vec())?,
+            );
+        }
         Ok(())
     }
 

@@ -138,7 +138,10 @@ async fn watch_replays_then_follows_and_resumes_without_gaps_or_repeats() {
         .iter()
         .find(|e| kind(e) == ChangeKind::InteractionRecorded)
         .expect("interaction event");
-    assert_eq!(recorded.changed_paths, vec!["interactions".to_string()]);
+    assert_eq!(
+        recorded.changed_paths,
+        vec!["interactions".to_string(), "summary".to_string()]
+    );
 
     // Then live writes on the same stream.
     let more = some_writes(&app).await;
