@@ -219,27 +219,21 @@ fn timing_reasons(
         }
     }
     if check.purpose == ContactPurpose::Marketing {
-        let mut free_at: Option<Timestamp> = None;
-        let mut hit = Vec::new();
-        for cap in &policy.caps {
-            let recent = c.summary.contacts_within(now, cap.window);
-            let max = cap.max as usize;
-            if recent.len() >= max {
-                // The contact that must drop out of the window for one more to fit.
-                let oldest_to_go = recent[recent.len() - max];
-                free_at = free_at.max(Some(oldest_to_go.plus(cap.window)));
-                hit.push(format!(
-                    "{} of {} marketing contacts in {} h",
-                    recent.len(),
-                    cap.max,
-                    cap.window.0 / Duration::hours(1).0
-                ));
-            }
-        }
+        let (hit, free_at) = caps_reached(&c.summary, &policy.caps, now);
         if !hit.is_empty() {
+            let text: Vec<String> = hit
+                .iter()
+                .map(|(cap, n)| {
+                    format!(
+                        "{n} of {} marketing contacts in {} h",
+                        cap.max,
+                        cap.window.0 / Duration::hours(1).0
+                    )
+                })
+                .collect();
             out.push((
                 DenyReason::FrequencyCap,
-                format!("frequency cap reached: {}", hit.join("; ")),
+                format!("frequency cap reached: {}", text.join("; ")),
                 free_at,
             ));
         }
@@ -254,6 +248,28 @@ fn timing_reasons(
         }
     }
     out
+}
+
+/// The caps reached at `now` (with the number of contacts in each window) and the earliest
+/// time at which none is reached any more, if no new contact is made.
+pub fn caps_reached(
+    summary: &Summary,
+    caps: &[FrequencyCap],
+    now: Timestamp,
+) -> (Vec<(FrequencyCap, usize)>, Option<Timestamp>) {
+    let mut hit = Vec::new();
+    let mut free_at: Option<Timestamp> = None;
+    for cap in caps {
+        let recent = summary.contacts_within(now, cap.window);
+        let max = cap.max as usize;
+        if recent.len() >= max {
+            // The contact that must leave the window for one more to fit.
+            let oldest_to_go = recent[recent.len() - max];
+            free_at = free_at.max(Some(oldest_to_go.plus(cap.window)));
+            hit.push((*cap, recent.len()));
+        }
+    }
+    (hit, free_at)
 }
 
 fn decide(c: &Customer, check: &ContactCheck, rules: &Rules, now: Timestamp) -> ContactDecision {
@@ -334,4 +350,51 @@ pub fn check_and_reserve(
     let (interaction, _) = super::timeline::record(tx, key, new, rules, now)?;
     let root = find_root(tx, key)?;
     Ok((decision, Some(interaction), root))
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn summary_with(times: &[i64]) -> Summary {
+        let mut s = Summary::default();
+        s.marketing_contacts = times.iter().map(|t| Timestamp(*t)).collect();
+        s.marketing_contacts.sort();
+        s
+    }
+
+    proptest! {
+        /// Caps are exact rolling windows: denied exactly when some window `(now − w, now]`
+        /// (future-dated contacts included) holds `max` contacts, and `next_allowed_at` is
+        /// the first instant none does.
+        #[test]
+        fn caps_are_exact_rolling_windows(
+            times in proptest::collection::vec(0i64..1_000, 0..20),
+            caps in proptest::collection::vec((1i64..400, 1u32..5), 1..4),
+            now in 0i64..1_200,
+        ) {
+            let caps: Vec<FrequencyCap> = caps
+                .iter()
+                .map(|(w, max)| FrequencyCap { window: Duration(*w), max: *max })
+                .collect();
+            let s = summary_with(&times);
+            let brute = |at: i64| {
+                caps.iter().any(|c| {
+                    times.iter().filter(|t| **t > at - c.window.0).count() >= c.max as usize
+                })
+            };
+            let (hit, free_at) = caps_reached(&s, &caps, Timestamp(now));
+            prop_assert_eq!(!hit.is_empty(), brute(now));
+            match free_at {
+                None => prop_assert!(hit.is_empty()),
+                Some(t) => {
+                    prop_assert!(t.0 > now);
+                    prop_assert!(!brute(t.0), "allowed at next_allowed_at");
+                    prop_assert!(brute(t.0 - 1), "denied just before");
+                }
+            }
+        }
+    }
 }

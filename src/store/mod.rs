@@ -82,4 +82,6 @@ impl dyn Store {
 }
 
 #[cfg(test)]
+mod consent_tests;
+#[cfg(test)]
 mod model_tests;
