@@ -359,10 +359,12 @@ mod tests {
     use super::*;
 
     fn summary_with(times: &[i64]) -> Summary {
-        let mut s = Summary::default();
-        s.marketing_contacts = times.iter().map(|t| Timestamp(*t)).collect();
-        s.marketing_contacts.sort();
-        s
+        let mut marketing_contacts: Vec<Timestamp> = times.iter().map(|t| Timestamp(*t)).collect();
+        marketing_contacts.sort();
+        Summary {
+            marketing_contacts,
+            ..Summary::default()
+        }
     }
 
     proptest! {
