@@ -181,18 +181,18 @@ fn channel_reasons(
     match purpose {
         ContactPurpose::Marketing if !state.is_granted() => out.push((
             DenyReason::Consent,
-            format!("no active marketing consent for {channel:?}"),
+            format!("no active marketing consent for {}", channel.name()),
         )),
         ContactPurpose::Service if state.is_denied() => out.push((
             DenyReason::Consent,
-            format!("the customer denied service contact on {channel:?}"),
+            format!("the customer denied service contact on {}", channel.name()),
         )),
         _ => {}
     }
     if c.opted_out.contains(&channel) {
         out.push((
             DenyReason::ChannelOptedOut,
-            format!("the customer opted out of {channel:?}"),
+            format!("the customer opted out of {}", channel.name()),
         ));
     }
     out

@@ -35,6 +35,22 @@ pub enum Channel {
 }
 
 impl Channel {
+    /// The name used in messages (`EMAIL`, `PHONE_CALL`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Channel::Email => "EMAIL",
+            Channel::Sms => "SMS",
+            Channel::PhoneCall => "PHONE_CALL",
+            Channel::Web => "WEB",
+            Channel::App => "APP",
+            Channel::Store => "STORE",
+            Channel::Post => "POST",
+            Channel::Push => "PUSH",
+            Channel::Chat => "CHAT",
+            Channel::Social => "SOCIAL",
+        }
+    }
+
     /// Every channel, in wire order.
     pub const ALL: [Channel; 10] = [
         Channel::Email,
