@@ -14,9 +14,16 @@ use customer_profile::server::{config::Config, startup::Application, telemetry};
     about = "The company's single source of truth about its customers (gRPC)."
 )]
 struct Cli {
-    /// TOML configuration file.
-    #[arg(long, short, global = true, env = "CUSTOMER_PROFILE_CONFIG")]
-    config: Option<PathBuf>,
+    /// TOML configuration file; give it several times to layer files (later ones win, e.g. a
+    /// mounted secret with principals over a config map).
+    #[arg(
+        long,
+        short,
+        global = true,
+        env = "CUSTOMER_PROFILE_CONFIG",
+        value_delimiter = ','
+    )]
+    config: Vec<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -32,17 +39,51 @@ enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// Print a new random bearer token and the SHA-256 hash to put in the configuration.
+    Token,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(run()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // `{:#}` prints the cause chain on one line, without a backtrace.
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Some(Command::Token) = &cli.command {
+        let (token, hash) = customer_profile::auth::tokens::generate()
+            .map_err(|e| anyhow::anyhow!("no randomness available: {e}"))?;
+        let mut out = std::io::stdout().lock();
+        use std::io::Write;
+        writeln!(
+            out,
+            "token (give it to the client, store it as a secret; it is not shown again):\n  {token}\n\n\
+             hash (put it in the principal's configuration):\n  token_sha256 = [\"{hash}\"]"
+        )?;
+        return Ok(());
+    }
     let mut overrides = Config::default();
     if let Some(Command::Serve { listen, data_dir }) = &cli.command {
         overrides.listen = listen.unwrap_or(overrides.listen);
         overrides.data_dir = data_dir.clone().unwrap_or(overrides.data_dir);
     }
-    let config = Config::load(cli.config.as_deref(), &overrides)?;
+    let config = Config::load(&cli.config, &overrides)?;
     telemetry::init(&config.log);
     let app = Application::build(config, Arc::new(SystemClock)).await?;
     app.run_until(shutdown_signal())

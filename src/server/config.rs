@@ -3,13 +3,15 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
-use crate::domain::consent::ConsentPolicy;
+use crate::auth::layer::Authenticator;
+use crate::auth::{FieldAccess, Principal, Scope, tokens};
+use crate::domain::consent::{ConsentPolicy, Purpose};
 use crate::domain::contact::{ContactPolicy, FrequencyCap};
 use crate::domain::identifier::{Identifier, IdentifierKind};
 use crate::domain::policy::IdentityPolicy;
@@ -41,6 +43,8 @@ pub struct Config {
     pub contact: ContactConfig,
     /// Profile summary: moment types, scores.
     pub summary: SummaryConfig,
+    /// Authentication and authorisation.
+    pub auth: AuthConfig,
 }
 
 impl Default for Config {
@@ -56,8 +60,65 @@ impl Default for Config {
             consent: ConsentConfig::default(),
             contact: ContactConfig::default(),
             summary: SummaryConfig::default(),
+            auth: AuthConfig::default(),
         }
     }
+}
+
+/// Authentication and authorisation (SPEC §10). No principals = local development: the server
+/// then starts only on a loopback address.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Who may call.
+    pub principals: Vec<PrincipalConfig>,
+    /// Extra field groups: name → attribute paths (`custom.iban`, or a prefix `custom.credit_*`)
+    /// readable only by principals holding the group. `finance` is predefined (see
+    /// [`default_field_groups`]) and may be redefined here.
+    pub field_groups: BTreeMap<String, Vec<String>>,
+}
+
+/// One principal.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrincipalConfig {
+    /// Name (audited, logged).
+    pub name: String,
+    /// Department recorded on the interactions it writes.
+    #[serde(default)]
+    pub department: Option<String>,
+    /// Scopes (`profile:read`, ...).
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// Readable field groups (`identity`, `profile`, `consent`, `activity`, `finance`, or a
+    /// configured one); `["*"]` = all.
+    #[serde(default)]
+    pub field_groups: Vec<String>,
+    /// Bound purpose (`MARKETING`, ...), if any.
+    #[serde(default)]
+    pub purpose: Option<String>,
+    /// SHA-256 hashes (hex) of its bearer tokens (several, to rotate).
+    #[serde(default)]
+    pub token_sha256: Vec<String>,
+}
+
+/// Built-in field groups.
+pub const BUILTIN_FIELD_GROUPS: [&str; 5] =
+    ["identity", "profile", "consent", "activity", "finance"];
+
+/// The attribute paths of the predefined `finance` group.
+pub fn default_field_groups() -> BTreeMap<String, Vec<String>> {
+    BTreeMap::from([(
+        "finance".to_string(),
+        [
+            "custom.credit_*",
+            "custom.iban",
+            "custom.payment_*",
+            "custom.income*",
+        ]
+        .map(String::from)
+        .to_vec(),
+    )])
 }
 
 /// Consent lifetimes (SPEC §7: no perpetual licence).
@@ -300,10 +361,11 @@ impl Default for LogConfig {
 pub struct ConfigError(pub String);
 
 impl Config {
-    /// Layers defaults, the TOML file (if given), the environment and `overrides`.
-    pub fn load(file: Option<&Path>, overrides: &Config) -> Result<Config, ConfigError> {
+    /// Layers defaults, the TOML files (later ones override earlier ones), the environment
+    /// and `overrides`.
+    pub fn load(files: &[PathBuf], overrides: &Config) -> Result<Config, ConfigError> {
         let mut fig = Figment::from(Serialized::defaults(Config::default()));
-        if let Some(f) = file {
+        for f in files {
             if !f.exists() {
                 return Err(ConfigError(format!(
                     "config file {} does not exist",
@@ -338,7 +400,97 @@ impl Config {
             ));
         }
         self.identity_policy()?;
-        self.rules().map(|_| ())
+        self.rules()?;
+        self.authenticator().map(|_| ())
+    }
+
+    /// The principals and token hashes this configuration describes.
+    pub fn authenticator(&self) -> Result<Authenticator, ConfigError> {
+        let mut groups = default_field_groups();
+        groups.extend(self.auth.field_groups.clone());
+        let mut principals = Vec::new();
+        let mut hashes = Vec::new();
+        let mut names = HashSet::new();
+        for (i, p) in self.auth.principals.iter().enumerate() {
+            let key = |k: &str| format!("auth.principals[{i}].{k}");
+            if p.name.trim().is_empty() || !names.insert(p.name.clone()) {
+                return Err(ConfigError(format!(
+                    "{}: every principal needs a unique, non-empty name",
+                    key("name")
+                )));
+            }
+            let mut scopes = BTreeSet::new();
+            for (j, s) in p.scopes.iter().enumerate() {
+                let scope = Scope::parse(s).ok_or_else(|| {
+                    ConfigError(format!(
+                        "{}[{j}]: unknown scope {s:?}; known: {}",
+                        key("scopes"),
+                        Scope::ALL.map(Scope::name).join(", ")
+                    ))
+                })?;
+                scopes.insert(scope);
+            }
+            let fields = if p.field_groups.iter().any(|g| g == "*") {
+                FieldAccess::All
+            } else {
+                let mut set = BTreeSet::new();
+                for (j, g) in p.field_groups.iter().enumerate() {
+                    if !BUILTIN_FIELD_GROUPS.contains(&g.as_str()) && !groups.contains_key(g) {
+                        return Err(ConfigError(format!(
+                            "{}[{j}]: unknown field group {g:?}",
+                            key("field_groups")
+                        )));
+                    }
+                    set.insert(g.clone());
+                }
+                FieldAccess::Groups(set)
+            };
+            let purpose = match p.purpose.as_deref() {
+                None => None,
+                Some("MARKETING") => Some(Purpose::Marketing),
+                Some("PROFILING") => Some(Purpose::Profiling),
+                Some("THIRD_PARTY_SHARING") => Some(Purpose::ThirdPartySharing),
+                Some("SERVICE") => Some(Purpose::Service),
+                Some(other) => {
+                    return Err(ConfigError(format!(
+                        "{}: unknown purpose {other:?} (MARKETING, PROFILING, THIRD_PARTY_SHARING, SERVICE)",
+                        key("purpose")
+                    )));
+                }
+            };
+            if let Some(d) = &p.department {
+                if !crate::domain::interaction::valid_department(d) {
+                    return Err(ConfigError(format!(
+                        "{}: 1 to 64 characters from [a-z0-9_]",
+                        key("department")
+                    )));
+                }
+            }
+            if p.token_sha256.is_empty() {
+                return Err(ConfigError(format!(
+                    "{}: give at least one token hash (create one with `customer-profile token`)",
+                    key("token_sha256")
+                )));
+            }
+            for (j, h) in p.token_sha256.iter().enumerate() {
+                let hash = tokens::parse_hash(h).ok_or_else(|| {
+                    ConfigError(format!(
+                        "{}[{j}]: not a SHA-256 hash (64 hex digits); configure the hash, never the token",
+                        key("token_sha256")
+                    ))
+                })?;
+                hashes.push((i, hash));
+            }
+            principals.push(Principal {
+                name: p.name.clone(),
+                department: p.department.clone(),
+                scopes,
+                fields,
+                purpose,
+                local: false,
+            });
+        }
+        Ok(Authenticator::new(principals, hashes, groups))
     }
 
     /// The consent, contact and summary rules this configuration describes.

@@ -14,6 +14,7 @@ use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
 use super::config::Config;
+use crate::auth::layer::AuthLayer;
 use crate::domain::time::Clock;
 use crate::service::pb::consent_service_server::ConsentServiceServer;
 use crate::service::pb::contact_service_server::ContactServiceServer;
@@ -48,6 +49,26 @@ impl Application {
         config.validate()?;
         let policy = config.identity_policy()?;
         let rules = config.rules()?;
+        let auth = Arc::new(config.authenticator()?);
+        if auth.is_local() {
+            if !config.listen.ip().is_loopback() {
+                anyhow::bail!(
+                    "refusing to listen on {} without authentication. Either listen on a loopback \
+                     address (127.0.0.1) for local development, or configure principals: run \
+                     `customer-profile token` to create a token and its hash, then add to the \
+                     config file\n\n[[auth.principals]]\nname = \"billing-backend\"\n\
+                     department = \"finance\"\nscopes = [\"profile:read\"]\n\
+                     field_groups = [\"identity\", \"profile\"]\ntoken_sha256 = [\"<hash>\"]",
+                    config.listen
+                );
+            }
+            tracing::warn!(
+                listen = %config.listen,
+                "NO AUTHENTICATION CONFIGURED: every caller is the local development principal with \
+                 every scope. This is allowed on a loopback address only; configure [[auth.principals]] \
+                 before exposing the service"
+            );
+        }
         let store = Arc::new(
             SledStore::open(&StoreOptions {
                 path: config.data_dir.clone(),
@@ -65,6 +86,7 @@ impl Application {
             clock,
             policy,
             rules,
+            auth: auth.clone(),
             shutdown: shutdown_rx,
         });
         Ok(Application {
@@ -128,6 +150,7 @@ impl Application {
         // The tower stack: every request passes here (auth, limits and metrics join it).
         Server::builder()
             .trace_fn(|req| tracing::info_span!("grpc", method = %req.uri().path()))
+            .layer(AuthLayer(core.auth.clone()))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)

@@ -22,6 +22,7 @@ pub use identity::IdentityApi;
 pub use interaction::InteractionApi;
 pub use profile::ProfileApi;
 
+use crate::auth::layer::Authenticator;
 use crate::domain::ids::RequestId;
 use crate::domain::policy::IdentityPolicy;
 use crate::domain::ports::{ReadView, WriteTx};
@@ -50,6 +51,8 @@ pub struct Core {
     pub policy: IdentityPolicy,
     /// Consent, contact and summary rules.
     pub rules: Rules,
+    /// Principals and field groups.
+    pub auth: Arc<Authenticator>,
     /// Turns true when the server begins to shut down (ends change streams).
     pub shutdown: watch::Receiver<bool>,
 }

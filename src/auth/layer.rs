@@ -1,0 +1,177 @@
+//! The tower layer every request passes: authenticate (bearer token, or local development),
+//! authorise against [`super::required_access`], and hand the principal to the handlers in
+//! the request extensions. A refusal never reaches a handler.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tonic::Status;
+use tower::{Layer, Service};
+
+use super::tokens::{self, TokenHash};
+use super::{Access, Principal, required_access};
+
+/// Everything needed to decide who a request comes from.
+#[derive(Debug)]
+pub struct Authenticator {
+    /// Configured principals; empty = local development (every request is [`Principal::local`]).
+    principals: Vec<Arc<Principal>>,
+    /// Token hashes and the index of their principal.
+    hashes: Vec<TokenHash>,
+    owners: Vec<usize>,
+    local: Arc<Principal>,
+    /// Field groups defined by attribute paths.
+    groups: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+impl Authenticator {
+    /// From principals and their token hashes (`(principal index, hash)`).
+    pub fn new(
+        principals: Vec<Principal>,
+        tokens: Vec<(usize, TokenHash)>,
+        groups: std::collections::BTreeMap<String, Vec<String>>,
+    ) -> Authenticator {
+        Authenticator {
+            groups,
+            principals: principals.into_iter().map(Arc::new).collect(),
+            hashes: tokens.iter().map(|(_, h)| *h).collect(),
+            owners: tokens.iter().map(|(i, _)| *i).collect(),
+            local: Arc::new(Principal::local()),
+        }
+    }
+
+    /// The attribute paths `principal` may not read, as patterns (`custom.iban`,
+    /// `custom.credit_*`), and whether it may read finance figures (lifetime spend, amounts).
+    pub fn hidden_for(&self, principal: &Principal) -> (Vec<String>, bool) {
+        let mut hidden = Vec::new();
+        for (group, patterns) in &self.groups {
+            if !principal.fields.allows(group) {
+                hidden.extend(patterns.iter().cloned());
+            }
+        }
+        (hidden, principal.fields.allows("finance"))
+    }
+
+    /// True when no principal is configured (local development).
+    pub fn is_local(&self) -> bool {
+        self.principals.is_empty()
+    }
+
+    /// Decides a request: `Ok(None)` for public methods, `Ok(Some(principal))` when allowed.
+    pub fn check<B>(&self, req: &http::Request<B>) -> Result<Option<Arc<Principal>>, Status> {
+        let path = req.uri().path();
+        let Some(access) = required_access(path) else {
+            return Err(Status::permission_denied(format!(
+                "{path} is not in the access table; it is refused for everyone"
+            )));
+        };
+        if access == Access::Public {
+            return Ok(None);
+        }
+        let principal = self.authenticate(req)?;
+        match access {
+            Access::Scope(scope) if !principal.has(scope) => {
+                Err(Status::permission_denied(format!(
+                    "principal {:?} lacks the scope {} that {path} requires",
+                    principal.name,
+                    scope.name()
+                )))
+            }
+            _ => Ok(Some(principal)),
+        }
+    }
+
+    fn authenticate<B>(&self, req: &http::Request<B>) -> Result<Arc<Principal>, Status> {
+        if self.is_local() {
+            return Ok(self.local.clone());
+        }
+        if let Some(p) = req.extensions().get::<CertPrincipal>() {
+            return Ok(p.0.clone());
+        }
+        let Some(header) = req.headers().get(http::header::AUTHORIZATION) else {
+            return Err(Status::unauthenticated(
+                "credentials required: send the header `authorization: Bearer <token>` or a client certificate",
+            ));
+        };
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .ok_or_else(|| {
+                Status::unauthenticated("the authorization header must be `Bearer <token>`")
+            })?;
+        match tokens::find(token, &self.hashes) {
+            Some(i) => Ok(self.principals[self.owners[i]].clone()),
+            None => Err(Status::unauthenticated("the token is not valid")),
+        }
+    }
+}
+
+/// A principal established from the client certificate of a mutual-TLS connection.
+#[derive(Debug, Clone)]
+pub struct CertPrincipal(pub Arc<Principal>);
+
+/// The layer.
+#[derive(Debug, Clone)]
+pub struct AuthLayer(pub Arc<Authenticator>);
+
+impl<S> Layer<S> for AuthLayer {
+    type Service = AuthService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        AuthService {
+            inner,
+            auth: self.0.clone(),
+        }
+    }
+}
+
+/// The service the layer wraps around the router.
+#[derive(Debug, Clone)]
+pub struct AuthService<S> {
+    inner: S,
+    auth: Arc<Authenticator>,
+}
+
+type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
+
+impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for AuthService<S>
+where
+    S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
+    S::Future: Send + 'static,
+    ResBody: Default + Send + 'static,
+{
+    type Response = http::Response<ResBody>;
+    type Error = S::Error;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<ReqBody>) -> Self::Future {
+        match self.auth.check(&req) {
+            Ok(principal) => {
+                if let Some(p) = principal {
+                    req.extensions_mut().insert(p);
+                }
+                Box::pin(self.inner.call(req))
+            }
+            Err(status) => {
+                let response = status.into_http::<ResBody>();
+                Box::pin(async move { Ok(response) })
+            }
+        }
+    }
+}
+
+/// The principal a handler runs for (inserted by the layer).
+pub fn principal_of<T>(req: &tonic::Request<T>) -> Result<Arc<Principal>, Status> {
+    req.extensions()
+        .get::<Arc<Principal>>()
+        .cloned()
+        .ok_or_else(|| Status::unauthenticated("no principal on the request"))
+}
