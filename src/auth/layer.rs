@@ -42,16 +42,23 @@ impl Authenticator {
         }
     }
 
-    /// The attribute paths `principal` may not read, as patterns (`custom.iban`,
-    /// `custom.credit_*`), and whether it may read finance figures (lifetime spend, amounts).
-    pub fn hidden_for(&self, principal: &Principal) -> (Vec<String>, bool) {
-        let mut hidden = Vec::new();
+    /// What `principal` may read.
+    pub fn visibility(&self, principal: &Principal) -> Visibility {
+        let mut attribute_groups = Vec::new();
         for (group, patterns) in &self.groups {
-            if !principal.fields.allows(group) {
-                hidden.extend(patterns.iter().cloned());
+            let allowed = principal.fields.allows(group);
+            for p in patterns {
+                attribute_groups.push((p.clone(), allowed));
             }
         }
-        (hidden, principal.fields.allows("finance"))
+        Visibility {
+            identity: principal.fields.allows("identity"),
+            profile: principal.fields.allows("profile"),
+            consent: principal.fields.allows("consent"),
+            activity: principal.fields.allows("activity"),
+            finance: principal.fields.allows("finance"),
+            attribute_groups,
+        }
     }
 
     /// True when no principal is configured (local development).
@@ -174,4 +181,59 @@ pub fn principal_of<T>(req: &tonic::Request<T>) -> Result<Arc<Principal>, Status
         .get::<Arc<Principal>>()
         .cloned()
         .ok_or_else(|| Status::unauthenticated("no principal on the request"))
+}
+
+/// The fields a principal may read, by group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Visibility {
+    /// Identifiers and merged ids.
+    pub identity: bool,
+    /// Attributes outside every attribute-defined group.
+    pub profile: bool,
+    /// Consent and preferences.
+    pub consent: bool,
+    /// Summary and interactions' details.
+    pub activity: bool,
+    /// Money: lifetime spend, interaction amounts.
+    pub finance: bool,
+    /// Attribute path patterns of attribute-defined groups and whether each is readable.
+    pub attribute_groups: Vec<(String, bool)>,
+}
+
+impl Visibility {
+    /// Everything.
+    pub fn all() -> Visibility {
+        Visibility {
+            identity: true,
+            profile: true,
+            consent: true,
+            activity: true,
+            finance: true,
+            attribute_groups: Vec::new(),
+        }
+    }
+
+    /// Whether the attribute at `path` (`given_name`, `custom.iban`) is readable: the group
+    /// of the first pattern that matches decides; attributes in no such group are `profile`.
+    pub fn attribute(&self, path: &str) -> bool {
+        for (pattern, allowed) in &self.attribute_groups {
+            let hit = match pattern.strip_suffix('*') {
+                Some(prefix) => path.starts_with(prefix),
+                None => path == pattern,
+            };
+            if hit {
+                return *allowed;
+            }
+        }
+        self.profile
+    }
+
+    /// Whether a changed path of the change feed (`attributes.custom.iban`, `identifiers`) may
+    /// be shown.
+    pub fn changed_path(&self, path: &str) -> bool {
+        match path.strip_prefix("attributes.") {
+            Some(attr) => self.attribute(attr),
+            None => true,
+        }
+    }
 }

@@ -405,6 +405,25 @@ fn prefs_fold(tree: &MergeTree, own: &[Option<Preferences>], node: usize) -> Opt
     acc
 }
 
+/// Whether the customer rooted at `root` permits use for `purpose` now: MARKETING, PROFILING
+/// and THIRD_PARTY_SHARING need an active grant on at least one channel; SERVICE needs at least
+/// one channel without a denial.
+pub fn permits(
+    view: &dyn ReadView,
+    root: &super::profile::ProfileRecord,
+    purpose: Purpose,
+    now: Timestamp,
+) -> Result<bool> {
+    let consents = Consents::load(view, MergeTree::load(view, root)?)?;
+    Ok(Channel::ALL.iter().any(|c| {
+        let s = consents.state(purpose, *c, now);
+        match purpose {
+            Purpose::Service => !s.is_denied(),
+            _ => s.is_granted(),
+        }
+    }))
+}
+
 /// Records a consent decision on the live profile `key` names. Returns the record and the
 /// new version.
 pub fn record(

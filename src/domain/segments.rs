@@ -185,6 +185,9 @@ pub enum Clause {
         /// How far back.
         within: Duration,
     },
+    /// The customer permits this purpose (see [`super::consent::permits`]); added for callers
+    /// bound to a purpose.
+    Permits(Purpose),
     /// A score, decayed to now, in `[at_least, below)`.
     Score {
         /// Which.
@@ -267,7 +270,7 @@ fn clause_candidates(
             )?,
             false,
         ),
-        Clause::Score { .. } => return Ok(None),
+        Clause::Score { .. } | Clause::Permits(_) => return Ok(None),
     };
     Ok(Some((ids, roots_already)))
 }
@@ -347,6 +350,9 @@ impl Subject<'_> {
                 tree_identifiers(view, ms)?
                     .iter()
                     .any(|l| l.identifier.kind() == *k)
+            }
+            Clause::Permits(purpose) => {
+                super::consent::permits(self.view, &self.root, *purpose, now)?
             }
             Clause::Consent { purpose, channel } => {
                 if self.consents.is_none() {

@@ -466,6 +466,14 @@ impl Config {
                     )));
                 }
             }
+            let writes =
+                scopes.contains(&Scope::InteractionWrite) || scopes.contains(&Scope::ContactCheck);
+            if writes && p.department.is_none() {
+                return Err(ConfigError(format!(
+                    "{}: a principal with interaction:write or contact:check records interactions and needs a department",
+                    key("department")
+                )));
+            }
             if p.token_sha256.is_empty() {
                 return Err(ConfigError(format!(
                     "{}: give at least one token hash (create one with `customer-profile token`)",

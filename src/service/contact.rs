@@ -20,15 +20,19 @@ impl ContactService for ContactApi {
         &self,
         req: Request<pb::CheckContactRequest>,
     ) -> Result<Response<pb::CheckContactResponse>, Status> {
+        let caller = self.0.caller(&req)?;
         let req = req.into_inner();
         let mut v = Violations::default();
         let key = v.check(profile_ref_in("profile", req.profile.as_ref()));
         let check = v.check(contact_check_in(&req));
         let request_id = v.check(RequestId::parse_optional("request_id", &req.request_id));
         v.finish()?;
-        let (Some(key), Some(check), Some(request_id)) = (key, check, request_id) else {
+        let (Some(key), Some(mut check), Some(request_id)) = (key, check, request_id) else {
             return Err(Status::internal("validation passed without values"));
         };
+        if !caller.principal.local && caller.principal.department.is_some() {
+            check.department = caller.department(&check.department);
+        }
         let core = &self.0;
         if !req.reserve {
             let now = core.now();

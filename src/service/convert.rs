@@ -7,6 +7,7 @@ use prost_types::Timestamp as PbTimestamp;
 
 use super::pb;
 use super::rules_convert as rules;
+use crate::auth::layer::Visibility;
 use crate::domain::attributes::{
     AttrMap, AttrPath, CoreField, HistoryEntry, Value, check_custom_value, valid_custom_key,
 };
@@ -282,9 +283,12 @@ pub fn merge_out(m: &MergeRecord) -> pb::Merge {
 
 // ---- profiles ------------------------------------------------------------------------------
 
-/// Which parts of a profile a read returns.
+/// Which parts of a profile a read returns: what the caller asked for, within what its
+/// principal may read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReadMask {
+    /// What the principal may read.
+    pub visible: Visibility,
     /// `identifiers`.
     pub identifiers: bool,
     /// `merged_ids`.
@@ -306,9 +310,10 @@ const MASK_HELP: &str = "valid paths: identifiers, attributes, attributes.<field
 pub fn read_mask_in(field: &str, mask: Option<&prost_types::FieldMask>) -> Result<ReadMask> {
     let paths = mask.map(|m| m.paths.as_slice()).unwrap_or_default();
     if paths.is_empty() {
-        return Ok(ReadMask::ALL);
+        return Ok(ReadMask::all());
     }
     let mut out = ReadMask {
+        visible: Visibility::all(),
         identifiers: false,
         merged_ids: false,
         consents: false,
@@ -355,14 +360,29 @@ pub fn read_mask_in(field: &str, mask: Option<&prost_types::FieldMask>) -> Resul
 
 impl ReadMask {
     /// Every field.
-    pub const ALL: ReadMask = ReadMask {
-        identifiers: true,
-        merged_ids: true,
-        consents: true,
-        preferences: true,
-        summary: true,
-        attributes: None,
-    };
+    pub fn all() -> ReadMask {
+        ReadMask {
+            visible: Visibility::all(),
+            identifiers: true,
+            merged_ids: true,
+            consents: true,
+            preferences: true,
+            summary: true,
+            attributes: None,
+        }
+    }
+
+    /// Narrows the mask to what `visible` allows; fields outside it never leave the server,
+    /// whatever was asked for.
+    pub fn restrict(mut self, visible: &Visibility) -> ReadMask {
+        self.identifiers &= visible.identity;
+        self.merged_ids &= visible.identity;
+        self.consents &= visible.consent;
+        self.preferences &= visible.consent;
+        self.summary &= visible.activity;
+        self.visible = visible.clone();
+        self
+    }
 
     /// The optional parts of a profile this mask needs loaded.
     pub fn parts(&self) -> Parts {
@@ -375,6 +395,9 @@ impl ReadMask {
     }
 
     fn wants(&self, attr_path: &str) -> bool {
+        if !self.visible.attribute(attr_path) {
+            return false;
+        }
         match &self.attributes {
             None => true,
             Some(set) => {
@@ -519,7 +542,13 @@ pub fn profile_out(v: &ProfileView, mask: &ReadMask) -> pb::Profile {
             None
         },
         summary: if mask.summary {
-            v.summary.as_ref().map(rules::summary_out)
+            v.summary.as_ref().map(|s| {
+                let mut out = rules::summary_out(s);
+                if !mask.visible.finance {
+                    out.lifetime_spend.clear();
+                }
+                out
+            })
         } else {
             None
         },

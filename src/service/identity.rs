@@ -246,10 +246,13 @@ impl IdentityService for IdentityApi {
         &self,
         req: Request<pb::ListMergesRequest>,
     ) -> Result<Response<pb::ListMergesResponse>, Status> {
+        let caller = self.0.caller(&req)?;
         let req = req.into_inner();
         let key = profile_ref_in("profile", req.profile.as_ref())?;
+        let now = self.0.now();
         let merges = self.0.read(|view| {
             let root = identity::find_root(view, &key)?;
+            caller.check_purpose(view, &root, now)?;
             identity::list_merges(view, &root)
         })?;
         Ok(Response::new(pb::ListMergesResponse {

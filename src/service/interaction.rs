@@ -101,8 +101,10 @@ impl InteractionService for InteractionApi {
         &self,
         req: Request<pb::RecordInteractionRequest>,
     ) -> Result<Response<pb::RecordInteractionResponse>, Status> {
+        let caller = self.0.caller(&req)?;
         let req = req.into_inner();
-        let entry = entry_in("", &req, self.0.now())?;
+        let mut entry = entry_in("", &req, self.0.now())?;
+        entry.new.department = caller.department(&entry.new.department);
         let mut replies = record_all(&self.0, vec![entry]).await?;
         replies
             .pop()
@@ -114,6 +116,7 @@ impl InteractionService for InteractionApi {
         &self,
         req: Request<pb::RecordInteractionsRequest>,
     ) -> Result<Response<pb::RecordInteractionsResponse>, Status> {
+        let caller = self.0.caller(&req)?;
         let req = req.into_inner();
         if req.requests.is_empty() || req.requests.len() > MAX_INTERACTION_BATCH {
             return Err(Error::invalid(
@@ -134,7 +137,15 @@ impl InteractionService for InteractionApi {
             .map(|(i, r)| v.check(entry_in(&format!("requests[{i}]"), r, now)))
             .collect();
         v.finish()?;
-        let responses = record_all(&self.0, entries.into_iter().flatten().collect()).await?;
+        let entries = entries
+            .into_iter()
+            .flatten()
+            .map(|mut e| {
+                e.new.department = caller.department(&e.new.department);
+                e
+            })
+            .collect();
+        let responses = record_all(&self.0, entries).await?;
         Ok(Response::new(pb::RecordInteractionsResponse { responses }))
     }
 
@@ -142,6 +153,7 @@ impl InteractionService for InteractionApi {
         &self,
         req: Request<pb::ListInteractionsRequest>,
     ) -> Result<Response<pb::ListInteractionsResponse>, Status> {
+        let caller = self.0.caller(&req)?;
         let req = req.into_inner();
         let mut v = Violations::default();
         let key = v.check(profile_ref_in("profile", req.profile.as_ref()));
@@ -194,13 +206,21 @@ impl InteractionService for InteractionApi {
                 InteractionId::from_bytes(p.interaction_id),
             )
         });
+        let now = self.0.now();
         let (items, next) = self.0.read(|view| {
             let root = crate::domain::identity::find_root(view, &key)?;
+            caller.check_purpose(view, &root, now)?;
             let (items, next) = timeline::list(view, &key, &filter, cursor, page_size)?;
             Ok((
                 items
                     .iter()
-                    .map(|i| convert::interaction_out(i, root.id))
+                    .map(|i| {
+                        let mut out = convert::interaction_out(i, root.id);
+                        if !caller.visible.finance {
+                            out.amount = None;
+                        }
+                        out
+                    })
                     .collect::<Vec<_>>(),
                 next,
             ))

@@ -22,10 +22,13 @@ pub use identity::IdentityApi;
 pub use interaction::InteractionApi;
 pub use profile::ProfileApi;
 
-use crate::auth::layer::Authenticator;
+use crate::auth::Principal;
+use crate::auth::layer::{Authenticator, Visibility, principal_of};
+use crate::domain::consent::permits;
 use crate::domain::ids::RequestId;
 use crate::domain::policy::IdentityPolicy;
 use crate::domain::ports::{ReadView, WriteTx};
+use crate::domain::profile::ProfileRecord;
 use crate::domain::rules::Rules;
 use crate::domain::time::{Clock, Timestamp};
 use crate::error::{Error, Result};
@@ -39,6 +42,45 @@ pub mod pb {
     /// Encoded descriptors of every proto file (and its imports), for reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] =
         tonic::include_file_descriptor_set!("customer_profile_descriptor");
+}
+
+/// The caller of a request: its principal and what it may read.
+pub struct Caller {
+    /// Who.
+    pub principal: Arc<Principal>,
+    /// What it may read.
+    pub visible: Visibility,
+}
+
+impl Caller {
+    /// FAILED_PRECONDITION with reason CONSENT_REQUIRED unless the customer permits the
+    /// purpose the caller is bound to (callers without a bound purpose pass).
+    pub fn check_purpose(
+        &self,
+        view: &dyn ReadView,
+        root: &ProfileRecord,
+        now: Timestamp,
+    ) -> Result<()> {
+        match self.principal.purpose {
+            Some(p) if !permits(view, root, p, now)? => Err(Error::precondition(
+                "CONSENT_REQUIRED",
+                format!(
+                    "principal {:?} is bound to {p:?} and this customer has not consented to it",
+                    self.principal.name
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// The department recorded on interactions this caller writes: its own when auth is on,
+    /// else the one in the request.
+    pub fn department(&self, requested: &str) -> String {
+        match (&self.principal.department, self.principal.local) {
+            (Some(d), false) => d.clone(),
+            _ => requested.to_string(),
+        }
+    }
 }
 
 /// What every handler shares.
@@ -58,6 +100,13 @@ pub struct Core {
 }
 
 impl Core {
+    /// The caller of `req` (the auth layer put its principal there).
+    pub fn caller<T>(&self, req: &tonic::Request<T>) -> std::result::Result<Caller, tonic::Status> {
+        let principal = principal_of(req)?;
+        let visible = self.auth.visibility(&principal);
+        Ok(Caller { principal, visible })
+    }
+
     /// The current time.
     pub fn now(&self) -> Timestamp {
         self.clock.now()

@@ -48,6 +48,7 @@ impl ProfileService for ProfileApi {
         &self,
         req: Request<pb::GetProfileRequest>,
     ) -> Result<Response<pb::GetProfileResponse>, Status> {
+        let caller = self.0.caller(&req)?;
         let req = req.into_inner();
         let mut v = Violations::default();
         let key = v.check(profile_ref_in("profile", req.profile.as_ref()));
@@ -56,10 +57,14 @@ impl ProfileService for ProfileApi {
         let (Some(key), Some(mask)) = (key, mask) else {
             return Err(Status::internal("validation passed without values"));
         };
+        let mask = mask.restrict(&caller.visible);
         let core = &self.0;
         let now = core.now();
-        let view =
-            core.read(|view| profiles::view_profile(view, &key, mask.parts(), &core.rules, now))?;
+        let view = core.read(|view| {
+            let p = profiles::view_profile(view, &key, mask.parts(), &core.rules, now)?;
+            caller.check_purpose(view, &p.root, now)?;
+            Ok(p)
+        })?;
         check_min_version(&view, req.min_version)?;
         Ok(Response::new(pb::GetProfileResponse {
             profile: Some(convert::profile_out(&view, &mask)),
@@ -70,6 +75,7 @@ impl ProfileService for ProfileApi {
         &self,
         req: Request<pb::BatchGetProfilesRequest>,
     ) -> Result<Response<pb::BatchGetProfilesResponse>, Status> {
+        let caller = self.0.caller(&req)?;
         let req = req.into_inner();
         if req.profiles.is_empty() || req.profiles.len() > MAX_BATCH {
             return Err(Error::invalid(
@@ -78,7 +84,7 @@ impl ProfileService for ProfileApi {
             )
             .into());
         }
-        let mask = read_mask_in("read_mask", req.read_mask.as_ref())?;
+        let mask = read_mask_in("read_mask", req.read_mask.as_ref())?.restrict(&caller.visible);
         let core = &self.0;
         let now = core.now();
         let results = core.read(|view| {
@@ -88,13 +94,20 @@ impl ProfileService for ProfileApi {
                 .map(|(i, p)| {
                     let outcome =
                         profile_ref_in(&format!("profiles[{i}]"), Some(p)).and_then(|key| {
-                            profiles::view_profile(view, &key, mask.parts(), &core.rules, now)
+                            let p =
+                                profiles::view_profile(view, &key, mask.parts(), &core.rules, now)?;
+                            caller.check_purpose(view, &p.root, now)?;
+                            Ok(p)
                         });
                     let result = match outcome {
                         Ok(view) => {
                             pb::profile_result::Result::Profile(convert::profile_out(&view, &mask))
                         }
-                        Err(e @ (Error::NotFound(_) | Error::InvalidArgument(_))) => {
+                        Err(
+                            e @ (Error::NotFound(_)
+                            | Error::InvalidArgument(_)
+                            | Error::FailedPrecondition { .. }),
+                        ) => {
                             let status = Status::from(e);
                             pb::profile_result::Result::Error(pb::ProfileError {
                                 code: status.code() as i32,
@@ -116,6 +129,7 @@ impl ProfileService for ProfileApi {
         &self,
         req: Request<pb::UpdateProfileRequest>,
     ) -> Result<Response<pb::UpdateProfileResponse>, Status> {
+        let caller = self.0.caller(&req)?;
         let req = req.into_inner();
         let core = &self.0;
         let now = core.now();
@@ -164,7 +178,10 @@ impl ProfileService for ProfileApi {
                     Ok((updated, view))
                 },
                 |(updated, view)| pb::UpdateProfileResponse {
-                    profile: Some(convert::profile_out(&view, &convert::ReadMask::ALL)),
+                    profile: Some(convert::profile_out(
+                        &view,
+                        &convert::ReadMask::all().restrict(&caller.visible),
+                    )),
                     applied_paths: updated.applied,
                     superseded_paths: updated.superseded,
                 },
@@ -177,6 +194,7 @@ impl ProfileService for ProfileApi {
         &self,
         req: Request<pb::GetProfileHistoryRequest>,
     ) -> Result<Response<pb::GetProfileHistoryResponse>, Status> {
+        let caller = self.0.caller(&req)?;
         let req = req.into_inner();
         let mut v = Violations::default();
         let key = v.check(profile_ref_in("profile", req.profile.as_ref()));
@@ -201,11 +219,18 @@ impl ProfileService for ProfileApi {
         ]);
         let after: u64 = page_token::decode(&req.page_token, fp)?.unwrap_or(0);
         let path = (!req.path.is_empty()).then_some(req.path.as_str());
-        let (entries, next) = self
-            .0
-            .read(|view| profiles::history_page(view, &key, path, after, page_size))?;
+        let now = self.0.now();
+        let (entries, next) = self.0.read(|view| {
+            let root = crate::domain::identity::find_root(view, &key)?;
+            caller.check_purpose(view, &root, now)?;
+            profiles::history_page(view, &key, path, after, page_size)
+        })?;
         Ok(Response::new(pb::GetProfileHistoryResponse {
-            changes: entries.iter().map(convert::history_out).collect(),
+            changes: entries
+                .iter()
+                .filter(|h| caller.visible.attribute(&h.path))
+                .map(convert::history_out)
+                .collect(),
             next_page_token: next.map(|n| page_token::encode(&n, fp)).unwrap_or_default(),
         }))
     }
@@ -216,6 +241,7 @@ impl ProfileService for ProfileApi {
         &self,
         req: Request<pb::WatchChangesRequest>,
     ) -> Result<Response<Self::WatchChangesStream>, Status> {
+        let caller = self.0.caller(&req)?;
         let from = req.into_inner().from_sequence;
         let core = self.0.clone();
         let floor = core.store.changes_floor()?;
@@ -254,8 +280,9 @@ impl ProfileService for ProfileApi {
                     }
                     continue;
                 }
-                for e in events {
+                for mut e in events {
                     cursor = e.sequence;
+                    e.paths.retain(|p| caller.visible.changed_path(p));
                     if tx
                         .send(Ok(pb::WatchChangesResponse {
                             event: Some(convert::change_out(&e)),
@@ -278,15 +305,20 @@ impl ProfileService for ProfileApi {
         &self,
         req: Request<pb::SearchProfilesRequest>,
     ) -> Result<Response<pb::SearchProfilesResponse>, Status> {
+        let caller = self.0.caller(&req)?;
         let req = req.into_inner();
         let mut v = Violations::default();
         let filter = v.check(rules_convert::filter_in("filter", req.filter.as_ref()));
         let mask = v.check(read_mask_in("read_mask", req.read_mask.as_ref()));
         let page_size = v.check(page_size_in(req.page_size, 50, 1000));
         v.finish()?;
-        let (Some(filter), Some(mask), Some(page_size)) = (filter, mask, page_size) else {
+        let (Some(mut filter), Some(mask), Some(page_size)) = (filter, mask, page_size) else {
             return Err(Status::internal("validation passed without values"));
         };
+        let mask = mask.restrict(&caller.visible);
+        if let Some(p) = caller.principal.purpose {
+            filter.clauses.push(segments::Clause::Permits(p));
+        }
         let fp = page_token::fingerprint(&[b"search", format!("{filter:?}").as_bytes()]);
         let after = page_token::decode::<[u8; 16]>(&req.page_token, fp)?.map(ProfileId::from_bytes);
         let core = &self.0;
@@ -313,8 +345,12 @@ impl ProfileService for ProfileApi {
         &self,
         req: Request<pb::CountProfilesRequest>,
     ) -> Result<Response<pb::CountProfilesResponse>, Status> {
+        let caller = self.0.caller(&req)?;
         let req = req.into_inner();
-        let filter = rules_convert::filter_in("filter", req.filter.as_ref())?;
+        let mut filter = rules_convert::filter_in("filter", req.filter.as_ref())?;
+        if let Some(p) = caller.principal.purpose {
+            filter.clauses.push(segments::Clause::Permits(p));
+        }
         let core = &self.0;
         let now = core.now();
         let count = core.read(|view| segments::count(view, &filter, &core.rules, now))?;
