@@ -33,6 +33,9 @@ pub enum Error {
         /// Human explanation.
         message: String,
     },
+    /// The caller's principal may not see or do this.
+    #[error("{0}")]
+    PermissionDenied(String),
     /// A position (sequence, page) outside what is retained.
     #[error("{0}")]
     OutOfRange(String),

@@ -316,6 +316,7 @@ impl ProfileService for ProfileApi {
             return Err(Status::internal("validation passed without values"));
         };
         let mask = mask.restrict(&caller.visible);
+        check_filter_visible(&filter, &caller)?;
         if let Some(p) = caller.principal.purpose {
             filter.clauses.push(segments::Clause::Permits(p));
         }
@@ -348,6 +349,7 @@ impl ProfileService for ProfileApi {
         let caller = self.0.caller(&req)?;
         let req = req.into_inner();
         let mut filter = rules_convert::filter_in("filter", req.filter.as_ref())?;
+        check_filter_visible(&filter, &caller)?;
         if let Some(p) = caller.principal.purpose {
             filter.clauses.push(segments::Clause::Permits(p));
         }
@@ -356,6 +358,29 @@ impl ProfileService for ProfileApi {
         let count = core.read(|view| segments::count(view, &filter, &core.rules, now))?;
         Ok(Response::new(pb::CountProfilesResponse { count }))
     }
+}
+
+/// A caller may only filter on what it may read (a filter on a hidden attribute would reveal
+/// its values through who matches).
+fn check_filter_visible(filter: &segments::Filter, caller: &super::Caller) -> Result<(), Error> {
+    for c in &filter.clauses {
+        let hidden = match c {
+            segments::Clause::Attribute { path, .. } => !caller.visible.attribute(path),
+            segments::Clause::IdentifierKind(_) => !caller.visible.identity,
+            segments::Clause::Consent { .. } => !caller.visible.consent,
+            segments::Clause::Interaction { .. } | segments::Clause::Score { .. } => {
+                !caller.visible.activity
+            }
+            segments::Clause::Permits(_) => false,
+        };
+        if hidden {
+            return Err(Error::PermissionDenied(format!(
+                "principal {:?} may not read what this clause filters on: {c:?}",
+                caller.principal.name
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// A page size: 0 means the default; above the maximum is refused.

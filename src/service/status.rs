@@ -33,6 +33,7 @@ impl From<Error> for Status {
                 ErrorDetails::with_error_info(reason, ERROR_DOMAIN, HashMap::new()),
             ),
             Error::OutOfRange(_) => Status::out_of_range(message),
+            Error::PermissionDenied(_) => Status::permission_denied(message),
             Error::Unavailable(_) => {
                 tracing::error!(error = %message, "storage unavailable");
                 Status::unavailable(message)

@@ -316,3 +316,454 @@ async fn right_scope_is_ok_and_a_token_authenticates_only_its_principal() {
         Code::Unauthenticated
     );
 }
+
+/// Adds a bearer token to every call.
+#[derive(Clone)]
+struct Bearer(MetadataValue<tonic::metadata::Ascii>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut r: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        r.metadata_mut().insert("authorization", self.0.clone());
+        Ok(r)
+    }
+}
+
+type Authed = tonic::service::interceptor::InterceptedService<GrpcChannel, Bearer>;
+
+struct Clients {
+    identity: pb::identity_service_client::IdentityServiceClient<Authed>,
+    profiles: pb::profile_service_client::ProfileServiceClient<Authed>,
+    interactions: pb::interaction_service_client::InteractionServiceClient<Authed>,
+    consent: pb::consent_service_client::ConsentServiceClient<Authed>,
+}
+
+fn clients(ch: &GrpcChannel, token: &str) -> Clients {
+    let b = Bearer(MetadataValue::try_from(format!("Bearer {token}")).expect("header"));
+    Clients {
+        identity: pb::identity_service_client::IdentityServiceClient::with_interceptor(
+            ch.clone(),
+            b.clone(),
+        ),
+        profiles: pb::profile_service_client::ProfileServiceClient::with_interceptor(
+            ch.clone(),
+            b.clone(),
+        ),
+        interactions: pb::interaction_service_client::InteractionServiceClient::with_interceptor(
+            ch.clone(),
+            b.clone(),
+        ),
+        consent: pb::consent_service_client::ConsentServiceClient::with_interceptor(ch.clone(), b),
+    }
+}
+
+async fn create(c: &mut Clients, address: &str) -> String {
+    c.identity
+        .resolve(pb::ResolveRequest {
+            identifiers: vec![email(address)],
+            create_if_missing: true,
+            source: "test".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("resolve")
+        .into_inner()
+        .profile_id
+}
+
+fn credit_and_city(
+    profile: &str,
+    at: customer_profile::domain::time::Timestamp,
+) -> pb::UpdateProfileRequest {
+    let mut custom = std::collections::HashMap::new();
+    custom.insert(
+        "credit_limit".to_string(),
+        pb::Value {
+            kind: Some(pb::value::Kind::IntValue(5000)),
+        },
+    );
+    let mut req = update_request(
+        by_id(profile),
+        pb::ProfileAttributes {
+            city: Some("Leeds".into()),
+            custom,
+            ..Default::default()
+        },
+        &["attributes.city", "attributes.custom.credit_limit"],
+        at,
+    );
+    req.source = "crm".into();
+    req
+}
+
+#[tokio::test]
+async fn finance_fields_never_reach_a_principal_without_the_finance_group() {
+    let mut ps = Principals::new();
+    ps.add("admin", &Scope::ALL, &["*"], None);
+    ps.add(
+        "service-desk",
+        &[
+            Scope::ProfileRead,
+            Scope::ProfileWrite,
+            Scope::SegmentRead,
+            Scope::ChangesRead,
+            Scope::InteractionRead,
+        ],
+        &["identity", "profile", "activity", "consent"],
+        None,
+    );
+    let config = ps.config.clone();
+    let app = TestApp::spawn_with(move |c: &mut Config| c.auth.principals = config.clone()).await;
+    let ch = channel(&app).await;
+    let mut admin = clients(&ch, ps.token("admin"));
+    let mut desk = clients(&ch, ps.token("service-desk"));
+    let p = create(&mut admin, "fin@auth.example").await;
+    admin
+        .profiles
+        .update_profile(credit_and_city(&p, app.now()))
+        .await
+        .expect("update");
+    admin
+        .interactions
+        .record_interaction(pb::RecordInteractionRequest {
+            profile: Some(by_id(&p)),
+            interaction: Some(pb::Interaction {
+                amount: Some(pb::Money {
+                    currency_code: "GBP".into(),
+                    units: 12,
+                    nanos: 0,
+                }),
+                ..interaction(
+                    pb::Channel::Store,
+                    pb::Direction::Inbound,
+                    "stores",
+                    "purchase",
+                )
+            }),
+            request_id: String::new(),
+        })
+        .await
+        .expect("purchase");
+
+    // The admin sees the finance attribute and the spend.
+    let full = admin
+        .profiles
+        .get_profile(pb::GetProfileRequest {
+            profile: Some(by_id(&p)),
+            ..Default::default()
+        })
+        .await
+        .expect("get")
+        .into_inner()
+        .profile
+        .expect("profile");
+    let attrs = full.attributes.clone().expect("attributes");
+    assert!(attrs.custom.contains_key("credit_limit"));
+    assert!(
+        !full
+            .summary
+            .clone()
+            .expect("summary")
+            .lifetime_spend
+            .is_empty()
+    );
+
+    // The desk never does, whatever its mask asks for.
+    for paths in [
+        vec![],
+        vec!["attributes.custom.credit_limit"],
+        vec!["attributes", "summary"],
+        vec!["attributes.custom"],
+    ] {
+        let got = desk
+            .profiles
+            .get_profile(pb::GetProfileRequest {
+                profile: Some(by_id(&p)),
+                read_mask: mask(&paths),
+                ..Default::default()
+            })
+            .await
+            .expect("get")
+            .into_inner()
+            .profile
+            .expect("profile");
+        let a = got.attributes.clone().unwrap_or_default();
+        assert!(!a.custom.contains_key("credit_limit"), "{paths:?}: {a:?}");
+        assert!(
+            !got.attribute_provenance.contains_key("custom.credit_limit"),
+            "{paths:?}"
+        );
+        if let Some(s) = &got.summary {
+            assert!(s.lifetime_spend.is_empty(), "{paths:?}: spend is finance");
+        }
+    }
+    let batch = desk
+        .profiles
+        .batch_get_profiles(pb::BatchGetProfilesRequest {
+            profiles: vec![by_id(&p)],
+            read_mask: None,
+        })
+        .await
+        .expect("batch")
+        .into_inner();
+    let text = format!("{batch:?}");
+    assert!(!text.contains("credit_limit"), "{text}");
+    assert!(
+        text.contains("Leeds"),
+        "non-finance attributes stay visible"
+    );
+
+    // Searches: results carry no finance attributes, and filtering on one is refused.
+    let city = pb::FilterClause {
+        clause: Some(pb::filter_clause::Clause::Attribute(pb::AttributeClause {
+            path: "city".into(),
+            any_of: vec![pb::Value {
+                kind: Some(pb::value::Kind::StringValue("leeds".into())),
+            }],
+            ..Default::default()
+        })),
+    };
+    let found = desk
+        .profiles
+        .search_profiles(pb::SearchProfilesRequest {
+            filter: Some(pb::ProfileFilter {
+                clauses: vec![city],
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("search")
+        .into_inner();
+    assert_eq!(found.profiles.len(), 1);
+    assert!(!format!("{found:?}").contains("credit_limit"));
+    let by_credit = pb::FilterClause {
+        clause: Some(pb::filter_clause::Clause::Attribute(pb::AttributeClause {
+            path: "custom.credit_limit".into(),
+            lower: Some(pb::RangeBound {
+                value: Some(pb::Value {
+                    kind: Some(pb::value::Kind::IntValue(1000)),
+                }),
+                inclusive: true,
+            }),
+            ..Default::default()
+        })),
+    };
+    let refused = desk
+        .profiles
+        .count_profiles(pb::CountProfilesRequest {
+            filter: Some(pb::ProfileFilter {
+                clauses: vec![by_credit],
+            }),
+        })
+        .await
+        .expect_err("filtering on finance");
+    assert_eq!(refused.code(), Code::PermissionDenied);
+
+    // Its own update's reply, the history and the change feed leave the finance path out too.
+    let reply = desk
+        .profiles
+        .update_profile(credit_and_city(&p, app.now()))
+        .await
+        .expect("update")
+        .into_inner();
+    assert!(!format!("{:?}", reply.profile).contains("credit_limit"));
+    let history = desk
+        .profiles
+        .get_profile_history(pb::GetProfileHistoryRequest {
+            profile: Some(by_id(&p)),
+            ..Default::default()
+        })
+        .await
+        .expect("history")
+        .into_inner();
+    assert!(!history.changes.is_empty());
+    assert!(
+        history
+            .changes
+            .iter()
+            .all(|c| c.path != "custom.credit_limit")
+    );
+    let mut stream = desk
+        .profiles
+        .watch_changes(pb::WatchChangesRequest { from_sequence: 0 })
+        .await
+        .expect("watch")
+        .into_inner();
+    let mut seen_update = false;
+    for _ in 0..4 {
+        let e = tokio::time::timeout(STREAM_TIMEOUT, stream.message())
+            .await
+            .expect("event")
+            .expect("ok")
+            .expect("some")
+            .event
+            .expect("event");
+        assert!(
+            e.changed_paths.iter().all(|p| !p.contains("credit_limit")),
+            "{e:?}"
+        );
+        seen_update |= e.changed_paths.iter().any(|p| p == "attributes.city");
+    }
+    assert!(seen_update);
+    // Interactions keep their amount hidden.
+    let listed = desk
+        .interactions
+        .list_interactions(pb::ListInteractionsRequest {
+            profile: Some(by_id(&p)),
+            ..Default::default()
+        })
+        .await
+        .expect("list")
+        .into_inner();
+    assert!(listed.interactions.iter().all(|i| i.amount.is_none()));
+}
+
+#[tokio::test]
+async fn a_marketing_bound_principal_sees_only_consenting_customers() {
+    let mut ps = Principals::new();
+    ps.add("admin", &Scope::ALL, &["*"], None);
+    ps.add(
+        "campaigns",
+        &[Scope::ProfileRead, Scope::SegmentRead],
+        &["*"],
+        Some("MARKETING"),
+    );
+    let config = ps.config.clone();
+    let app = TestApp::spawn_with(move |c: &mut Config| c.auth.principals = config.clone()).await;
+    let ch = channel(&app).await;
+    let mut admin = clients(&ch, ps.token("admin"));
+    let mut campaigns = clients(&ch, ps.token("campaigns"));
+    let p = create(&mut admin, "mkt@auth.example").await;
+    let other = create(&mut admin, "other@auth.example").await;
+    let get = |id: String| pb::GetProfileRequest {
+        profile: Some(by_id(&id)),
+        ..Default::default()
+    };
+
+    let err = campaigns
+        .profiles
+        .get_profile(get(p.clone()))
+        .await
+        .expect_err("no grant yet");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert_eq!(
+        error_reason(&err).as_deref(),
+        Some("CONSENT_REQUIRED"),
+        "{err:?}"
+    );
+    let everyone = pb::SearchProfilesRequest {
+        filter: Some(pb::ProfileFilter { clauses: vec![] }),
+        ..Default::default()
+    };
+    let found = campaigns
+        .profiles
+        .search_profiles(everyone.clone())
+        .await
+        .expect("search")
+        .into_inner();
+    assert!(found.profiles.is_empty(), "{found:?}");
+    let count = campaigns
+        .profiles
+        .count_profiles(pb::CountProfilesRequest { filter: None })
+        .await
+        .expect("count")
+        .into_inner();
+    assert_eq!(count.count, 0);
+
+    admin
+        .consent
+        .record_consent(pb::RecordConsentRequest {
+            profile: Some(by_id(&p)),
+            consent: Some(pb::ConsentRecord {
+                purpose: pb::Purpose::Marketing as i32,
+                channel: pb::Channel::Email as i32,
+                decision: pb::ConsentDecision::Granted as i32,
+                source: "web_form".into(),
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        })
+        .await
+        .expect("grant");
+    let got = campaigns
+        .profiles
+        .get_profile(get(p.clone()))
+        .await
+        .expect("granted now")
+        .into_inner();
+    assert_eq!(got.profile.expect("profile").profile_id, p);
+    assert!(
+        campaigns
+            .profiles
+            .get_profile(get(other.clone()))
+            .await
+            .is_err()
+    );
+    let found = campaigns
+        .profiles
+        .search_profiles(everyone)
+        .await
+        .expect("search")
+        .into_inner();
+    let ids: Vec<String> = found.profiles.into_iter().map(|x| x.profile_id).collect();
+    assert_eq!(ids, vec![p.clone()]);
+    let count = campaigns
+        .profiles
+        .count_profiles(pb::CountProfilesRequest { filter: None })
+        .await
+        .expect("count")
+        .into_inner();
+    assert_eq!(count.count, 1);
+}
+
+#[tokio::test]
+async fn interactions_carry_the_department_of_the_principal() {
+    let mut ps = Principals::new();
+    ps.add("admin", &Scope::ALL, &["*"], None);
+    let config = ps.config.clone();
+    let app = TestApp::spawn_with(move |c: &mut Config| c.auth.principals = config.clone()).await;
+    let ch = channel(&app).await;
+    let mut admin = clients(&ch, ps.token("admin"));
+    let p = create(&mut admin, "dept@auth.example").await;
+    let recorded = admin
+        .interactions
+        .record_interaction(pb::RecordInteractionRequest {
+            profile: Some(by_id(&p)),
+            interaction: Some(interaction(
+                pb::Channel::Web,
+                pb::Direction::Inbound,
+                "pretend_finance",
+                "visit",
+            )),
+            request_id: String::new(),
+        })
+        .await
+        .expect("record")
+        .into_inner();
+    assert_eq!(
+        recorded.interaction.expect("interaction").department,
+        "dept_admin"
+    );
+}
+
+#[tokio::test]
+async fn a_writer_without_a_department_is_a_configuration_error() {
+    let (_, hash) = tokens::generate().expect("randomness");
+    let mut config = Config::default();
+    config.auth.principals.push(PrincipalConfig {
+        name: "writer".into(),
+        department: None,
+        scopes: vec!["interaction:write".into()],
+        field_groups: vec![],
+        purpose: None,
+        token_sha256: vec![hash],
+    });
+    let err = config.validate().expect_err("department required");
+    assert!(
+        err.to_string().contains("auth.principals[0].department"),
+        "{err}"
+    );
+    config.auth.principals[0].department = Some("stores".into());
+    config.auth.principals[0].token_sha256 = vec!["not-a-hash".into()];
+    let err = config.validate().expect_err("bad hash");
+    assert!(err.to_string().contains("token_sha256[0]"), "{err}");
+}
