@@ -1,6 +1,7 @@
 //! customer-profile: the company's single source of truth about its customers, as a gRPC
 //! service. See ARCHITECTURE.md for the bird's-eye view.
 
+pub mod audit;
 pub mod auth;
 pub mod domain;
 pub mod error;

@@ -41,6 +41,12 @@ enum Command {
     },
     /// Print a new random bearer token and the SHA-256 hash to put in the configuration.
     Token,
+    /// Check the hash chain of the audit log; exits 1 and names the first broken entry.
+    AuditVerify {
+        /// Data directory (default: from the configuration).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -77,6 +83,35 @@ async fn run() -> anyhow::Result<()> {
              hash (put it in the principal's configuration):\n  token_sha256 = [\"{hash}\"]"
         )?;
         return Ok(());
+    }
+    if let Some(Command::AuditVerify { data_dir }) = &cli.command {
+        let dir = match data_dir {
+            Some(d) => d.clone(),
+            None => Config::load(&cli.config, &Config::default())?.data_dir,
+        };
+        let path = customer_profile::audit::log_path(&dir);
+        let verdict = customer_profile::audit::verify(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let mut out = std::io::stdout().lock();
+        use std::io::Write;
+        return match verdict {
+            customer_profile::audit::Verdict::Intact { entries } => {
+                writeln!(
+                    out,
+                    "audit log {} is intact: {entries} entries",
+                    path.display()
+                )?;
+                Ok(())
+            }
+            customer_profile::audit::Verdict::Broken { line, reason } => {
+                writeln!(
+                    out,
+                    "audit log {} is BROKEN at line {line}: {reason}",
+                    path.display()
+                )?;
+                std::process::exit(1);
+            }
+        };
     }
     let mut overrides = Config::default();
     if let Some(Command::Serve { listen, data_dir }) = &cli.command {

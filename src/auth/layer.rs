@@ -12,6 +12,7 @@ use tower::{Layer, Service};
 
 use super::tokens::{self, TokenHash};
 use super::{Access, Principal, required_access};
+use crate::audit::{Access as AuditAccess, AuditIds, AuditLog, code_name};
 
 /// Everything needed to decide who a request comes from.
 #[derive(Debug)]
@@ -121,9 +122,14 @@ impl Authenticator {
 #[derive(Debug, Clone)]
 pub struct CertPrincipal(pub Arc<Principal>);
 
-/// The layer.
-#[derive(Debug, Clone)]
-pub struct AuthLayer(pub Arc<Authenticator>);
+/// The layer: authentication, authorisation and the audit entry of every call.
+#[derive(Clone)]
+pub struct AuthLayer {
+    /// Who is who.
+    pub auth: Arc<Authenticator>,
+    /// Where accesses are recorded.
+    pub audit: Option<Arc<AuditLog>>,
+}
 
 impl<S> Layer<S> for AuthLayer {
     type Service = AuthService<S>;
@@ -131,16 +137,33 @@ impl<S> Layer<S> for AuthLayer {
     fn layer(&self, inner: S) -> Self::Service {
         AuthService {
             inner,
-            auth: self.0.clone(),
+            auth: self.auth.clone(),
+            audit: self.audit.clone(),
         }
     }
 }
 
 /// The service the layer wraps around the router.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct AuthService<S> {
     inner: S,
     auth: Arc<Authenticator>,
+    audit: Option<Arc<AuditLog>>,
+}
+
+/// Whether calls of `path` are audited: every method of the public contract.
+fn audited(path: &str) -> bool {
+    path.starts_with("/customer_profile.v1.")
+}
+
+fn outcome_of<B>(resp: &http::Response<B>) -> String {
+    let code = resp
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i32>().ok())
+        .unwrap_or(0);
+    code_name(code)
 }
 
 type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
@@ -160,14 +183,42 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<ReqBody>) -> Self::Future {
+        let path = req.uri().path().to_string();
+        let audit = self.audit.clone().filter(|_| audited(&path));
         match self.auth.check(&req) {
             Ok(principal) => {
+                let name = principal.as_ref().map(|p| p.name.clone());
                 if let Some(p) = principal {
                     req.extensions_mut().insert(p);
                 }
-                Box::pin(self.inner.call(req))
+                let fut = self.inner.call(req);
+                Box::pin(async move {
+                    let resp = fut.await?;
+                    if let Some(log) = audit {
+                        log.record(AuditAccess {
+                            principal: name.unwrap_or_else(|| "anonymous".into()),
+                            method: path,
+                            profiles: resp
+                                .extensions()
+                                .get::<AuditIds>()
+                                .map(|a| a.0.clone())
+                                .unwrap_or_default(),
+                            outcome: outcome_of(&resp),
+                        });
+                    }
+                    Ok(resp)
+                })
             }
             Err(status) => {
+                if let Some(log) = audit {
+                    let who = self.auth.authenticate(&req).ok();
+                    log.record(AuditAccess {
+                        principal: who.map_or_else(|| "unauthenticated".into(), |p| p.name.clone()),
+                        method: path,
+                        profiles: Vec::new(),
+                        outcome: code_name(status.code() as i32),
+                    });
+                }
                 let response = status.into_http::<ResBody>();
                 Box::pin(async move { Ok(response) })
             }

@@ -471,7 +471,7 @@ pub fn set_preferences(
     key: &ProfileKey,
     mut prefs: Preferences,
     now: Timestamp,
-) -> Result<(Preferences, u64)> {
+) -> Result<(Preferences, u64, ProfileId)> {
     let mut root = find_root(tx, key)?;
     prefs.updated_at = now;
     prefs.write_seq = tx.next_write_seq()?;
@@ -489,5 +489,5 @@ pub fn set_preferences(
         },
         now,
     )?;
-    Ok((prefs, root.version))
+    Ok((prefs, root.version, root.id))
 }

@@ -14,6 +14,7 @@ use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
 use super::config::Config;
+use crate::audit::AuditLog;
 use crate::auth::layer::AuthLayer;
 use crate::domain::time::Clock;
 use crate::service::pb::consent_service_server::ConsentServiceServer;
@@ -76,6 +77,11 @@ impl Application {
             })
             .with_context(|| format!("opening the data directory {}", config.data_dir.display()))?,
         );
+        let audit = Arc::new(
+            AuditLog::open(&config.data_dir, clock.clone()).with_context(|| {
+                format!("opening the audit log in {}", config.data_dir.display())
+            })?,
+        );
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
@@ -83,6 +89,7 @@ impl Application {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let core = Arc::new(Core {
             store: store.clone(),
+            audit: audit.clone(),
             clock,
             policy,
             rules,
@@ -150,7 +157,10 @@ impl Application {
         // The tower stack: every request passes here (auth, limits and metrics join it).
         Server::builder()
             .trace_fn(|req| tracing::info_span!("grpc", method = %req.uri().path()))
-            .layer(AuthLayer(core.auth.clone()))
+            .layer(AuthLayer {
+                auth: core.auth.clone(),
+                audit: Some(core.audit.clone()),
+            })
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
@@ -165,6 +175,7 @@ impl Application {
 
         pruner.abort();
         let _ = pruner.await;
+        core.audit.close();
         drop(core);
         store.close()?;
         // Streams finishing in the background may still hold the store for a moment; sled's

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::Core;
+use super::audit_ids::reply as audited_reply;
 use super::convert::{Violations, profile_ref_in};
 use super::pb::{self, consent_service_server::ConsentService};
 use super::rules_convert::{
@@ -47,7 +48,7 @@ impl ConsentService for ConsentApi {
                 },
             )
             .await?;
-        Ok(Response::new(reply))
+        Ok(audited_reply(reply))
     }
 
     async fn get_consents(
@@ -73,7 +74,7 @@ impl ConsentService for ConsentApi {
                 preferences: Some(preferences_out(prefs.as_ref())),
             })
         })?;
-        Ok(Response::new(reply))
+        Ok(audited_reply(reply))
     }
 
     async fn set_preferences(
@@ -95,12 +96,13 @@ impl ConsentService for ConsentApi {
                 "set_preferences",
                 request_id.as_ref(),
                 |tx, now| consent::set_preferences(tx, &key, prefs, now),
-                |(prefs, version)| pb::SetPreferencesResponse {
+                |(prefs, version, id)| pb::SetPreferencesResponse {
                     preferences: Some(preferences_out(Some(&prefs))),
                     version,
+                    profile_id: id.to_string(),
                 },
             )
             .await?;
-        Ok(Response::new(reply))
+        Ok(audited_reply(reply))
     }
 }

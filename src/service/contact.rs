@@ -5,6 +5,7 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::Core;
+use super::audit_ids::reply as audited_reply;
 use super::convert::{self, Violations, profile_ref_in};
 use super::pb::{self, contact_service_server::ContactService};
 use super::rules_convert::{contact_check_in, decision_out};
@@ -41,7 +42,7 @@ impl ContactService for ContactApi {
             let mut reply = decision_out(&decision);
             reply.version = root.version;
             reply.profile_id = root.id.to_string();
-            return Ok(Response::new(reply));
+            return Ok(audited_reply(reply));
         }
         let rules = &core.rules;
         let reply = core
@@ -60,6 +61,6 @@ impl ContactService for ContactApi {
                 },
             )
             .await?;
-        Ok(Response::new(reply))
+        Ok(audited_reply(reply))
     }
 }

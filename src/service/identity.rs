@@ -5,6 +5,7 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::Core;
+use super::audit_ids::reply as audited_reply;
 use super::convert::{
     self, Violations, identifiers_in, profile_ref_in, required_identifier, text_in,
 };
@@ -49,12 +50,12 @@ impl IdentityService for IdentityApi {
         };
         let core = &self.0;
         if let Some(r) = core.replayed::<pb::ResolveResponse>("resolve", request_id.as_ref())? {
-            return Ok(Response::new(r));
+            return Ok(audited_reply(r));
         }
         // Fast path: a lookup, a conflict or a match with nothing to add writes nothing.
         let decision = core.read(|view| identity::decide(view, &input, &core.policy))?;
         if let Some(r) = decision.without_writes() {
-            return Ok(Response::new(convert::resolution_out(&r)));
+            return Ok(audited_reply(convert::resolution_out(&r)));
         }
         let reply = core
             .write(
@@ -67,7 +68,7 @@ impl IdentityService for IdentityApi {
                 |r| convert::resolution_out(&r),
             )
             .await?;
-        Ok(Response::new(reply))
+        Ok(audited_reply(reply))
     }
 
     async fn lookup_profile_ids(
@@ -93,7 +94,7 @@ impl IdentityService for IdentityApi {
                 })
                 .collect::<crate::error::Result<Vec<_>>>()
         })?;
-        Ok(Response::new(pb::LookupProfileIdsResponse { results }))
+        Ok(audited_reply(pb::LookupProfileIdsResponse { results }))
     }
 
     async fn link_identifier(
@@ -125,7 +126,7 @@ impl IdentityService for IdentityApi {
                 },
             )
             .await?;
-        Ok(Response::new(reply))
+        Ok(audited_reply(reply))
     }
 
     async fn unlink_identifier(
@@ -153,7 +154,7 @@ impl IdentityService for IdentityApi {
                 },
             )
             .await?;
-        Ok(Response::new(reply))
+        Ok(audited_reply(reply))
     }
 
     async fn merge_profiles(
@@ -198,7 +199,7 @@ impl IdentityService for IdentityApi {
                 },
             )
             .await?;
-        Ok(Response::new(reply))
+        Ok(audited_reply(reply))
     }
 
     async fn unmerge_profiles(
@@ -239,7 +240,7 @@ impl IdentityService for IdentityApi {
                 },
             )
             .await?;
-        Ok(Response::new(reply))
+        Ok(audited_reply(reply))
     }
 
     async fn list_merges(
@@ -255,7 +256,7 @@ impl IdentityService for IdentityApi {
             caller.check_purpose(view, &root, now)?;
             identity::list_merges(view, &root)
         })?;
-        Ok(Response::new(pb::ListMergesResponse {
+        Ok(audited_reply(pb::ListMergesResponse {
             merges: merges.iter().map(convert::merge_out).collect(),
         }))
     }

@@ -6,6 +6,7 @@ use prost::Message;
 use serde::{Deserialize, Serialize};
 use tonic::{Request, Response, Status};
 
+use super::audit_ids::reply as audited_reply;
 use super::convert::{self, Violations, profile_ref_in};
 use super::pb::{self, interaction_service_server::InteractionService};
 use super::profile::page_size_in;
@@ -108,7 +109,7 @@ impl InteractionService for InteractionApi {
         let mut replies = record_all(&self.0, vec![entry]).await?;
         replies
             .pop()
-            .map(Response::new)
+            .map(audited_reply)
             .ok_or_else(|| Status::internal("no reply recorded"))
     }
 
@@ -146,7 +147,7 @@ impl InteractionService for InteractionApi {
             })
             .collect();
         let responses = record_all(&self.0, entries).await?;
-        Ok(Response::new(pb::RecordInteractionsResponse { responses }))
+        Ok(audited_reply(pb::RecordInteractionsResponse { responses }))
     }
 
     async fn list_interactions(
@@ -225,7 +226,7 @@ impl InteractionService for InteractionApi {
                 next,
             ))
         })?;
-        Ok(Response::new(pb::ListInteractionsResponse {
+        Ok(audited_reply(pb::ListInteractionsResponse {
             interactions: items,
             next_page_token: next
                 .map(|(t, id)| {

@@ -1,6 +1,7 @@
 //! gRPC handlers: parse the request (convert), run the rules over the store, convert the reply.
 //! prost types never leave this module.
 
+mod audit_ids;
 mod consent;
 mod contact;
 pub mod convert;
@@ -22,6 +23,7 @@ pub use identity::IdentityApi;
 pub use interaction::InteractionApi;
 pub use profile::ProfileApi;
 
+use crate::audit::{AuditIds, AuditLog};
 use crate::auth::Principal;
 use crate::auth::layer::{Authenticator, Visibility, principal_of};
 use crate::domain::consent::permits;
@@ -42,6 +44,14 @@ pub mod pb {
     /// Encoded descriptors of every proto file (and its imports), for reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] =
         tonic::include_file_descriptor_set!("customer_profile_descriptor");
+}
+
+/// A reply that names the profiles it touched, for the audit log.
+pub fn audited<T>(msg: T, ids: impl IntoIterator<Item = String>) -> tonic::Response<T> {
+    let mut r = tonic::Response::new(msg);
+    r.extensions_mut()
+        .insert(AuditIds(ids.into_iter().collect()));
+    r
 }
 
 /// The caller of a request: its principal and what it may read.
@@ -87,6 +97,8 @@ impl Caller {
 pub struct Core {
     /// The store.
     pub store: Arc<dyn Store>,
+    /// The audit log.
+    pub audit: Arc<AuditLog>,
     /// Where "now" comes from.
     pub clock: Arc<dyn Clock>,
     /// Identity policy.

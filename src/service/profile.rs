@@ -7,6 +7,7 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use super::audit_ids::reply as audited_reply;
 use super::convert::{self, Violations, profile_ref_in, read_mask_in, text_in};
 use super::identity::MAX_BATCH;
 use super::pb::{self, profile_service_server::ProfileService};
@@ -66,7 +67,7 @@ impl ProfileService for ProfileApi {
             Ok(p)
         })?;
         check_min_version(&view, req.min_version)?;
-        Ok(Response::new(pb::GetProfileResponse {
+        Ok(audited_reply(pb::GetProfileResponse {
             profile: Some(convert::profile_out(&view, &mask)),
         }))
     }
@@ -122,7 +123,7 @@ impl ProfileService for ProfileApi {
                 })
                 .collect::<Result<Vec<_>, Error>>()
         })?;
-        Ok(Response::new(pb::BatchGetProfilesResponse { results }))
+        Ok(audited_reply(pb::BatchGetProfilesResponse { results }))
     }
 
     async fn update_profile(
@@ -187,7 +188,7 @@ impl ProfileService for ProfileApi {
                 },
             )
             .await?;
-        Ok(Response::new(reply))
+        Ok(audited_reply(reply))
     }
 
     async fn get_profile_history(
@@ -225,7 +226,7 @@ impl ProfileService for ProfileApi {
             caller.check_purpose(view, &root, now)?;
             profiles::history_page(view, &key, path, after, page_size)
         })?;
-        Ok(Response::new(pb::GetProfileHistoryResponse {
+        Ok(audited_reply(pb::GetProfileHistoryResponse {
             changes: entries
                 .iter()
                 .filter(|h| caller.visible.attribute(&h.path))
@@ -334,7 +335,7 @@ impl ProfileService for ProfileApi {
             }
             Ok::<_, Error>((out, next))
         })?;
-        Ok(Response::new(pb::SearchProfilesResponse {
+        Ok(audited_reply(pb::SearchProfilesResponse {
             profiles,
             next_page_token: next
                 .map(|id| page_token::encode(id.as_bytes(), fp))
@@ -356,7 +357,7 @@ impl ProfileService for ProfileApi {
         let core = &self.0;
         let now = core.now();
         let count = core.read(|view| segments::count(view, &filter, &core.rules, now))?;
-        Ok(Response::new(pb::CountProfilesResponse { count }))
+        Ok(audited_reply(pb::CountProfilesResponse { count }))
     }
 }
 

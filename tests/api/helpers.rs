@@ -96,6 +96,11 @@ impl TestApp {
         }
     }
 
+    /// The data directory.
+    pub fn data_dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
     /// The server's current time.
     pub fn now(&self) -> Timestamp {
         current(&self.clock)

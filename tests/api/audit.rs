@@ -1,0 +1,115 @@
+//! The audit log: one entry per call of the public contract, with the principal, method,
+//! profile ids and outcome and no personal values; the hash chain verifies, and a flipped byte
+//! is found and named — by the library and by `customer-profile audit-verify`.
+
+use customer_profile::audit::{self, Stored, Verdict};
+
+use crate::helpers::*;
+
+fn entries(app: &TestApp) -> Vec<Stored> {
+    let text = std::fs::read_to_string(audit::log_path(app.data_dir())).expect("audit log");
+    text.lines()
+        .map(|l| serde_json::from_str(l).expect("entry"))
+        .collect()
+}
+
+#[tokio::test]
+async fn every_access_is_one_chained_entry_without_personal_values() {
+    let mut app = TestApp::spawn().await;
+    let p = app.create(vec![email("audited.person@example.com")]).await;
+    let _ = app.get(by_id(&p)).await;
+    let _ = app.get(by_ident(email("audited.person@example.com"))).await;
+    let missing = app.try_get(by_ident(email("nobody@example.com"))).await;
+    assert!(missing.is_err());
+    app.stop().await;
+
+    let log = entries(&app);
+    let methods: Vec<&str> = log.iter().map(|e| e.entry.method.as_str()).collect();
+    assert_eq!(
+        methods,
+        vec![
+            "/customer_profile.v1.IdentityService/Resolve",
+            "/customer_profile.v1.ProfileService/GetProfile",
+            "/customer_profile.v1.ProfileService/GetProfile",
+            "/customer_profile.v1.ProfileService/GetProfile",
+        ]
+    );
+    assert_eq!(log[0].entry.profiles, vec![p.clone()]);
+    assert_eq!(log[1].entry.profiles, vec![p.clone()]);
+    assert_eq!(log[2].entry.profiles, vec![p.clone()]);
+    assert_eq!(log[3].entry.outcome, "NOT_FOUND");
+    assert_eq!(log[0].entry.outcome, "OK");
+    assert!(log.iter().all(|e| e.entry.principal == "local"));
+    let raw = std::fs::read_to_string(audit::log_path(app.data_dir())).expect("log");
+    assert!(
+        !raw.contains("audited.person"),
+        "no personal values in the audit log"
+    );
+    assert_eq!(
+        audit::verify(&audit::log_path(app.data_dir())).expect("verify"),
+        Verdict::Intact { entries: 4 }
+    );
+
+    // The chain continues across a restart.
+    app.restart().await;
+    let _ = app.get(by_id(&p)).await;
+    app.stop().await;
+    assert_eq!(
+        audit::verify(&audit::log_path(app.data_dir())).expect("verify"),
+        Verdict::Intact { entries: 5 }
+    );
+}
+
+#[tokio::test]
+async fn a_flipped_byte_is_found_and_named() {
+    let mut app = TestApp::spawn().await;
+    let p = app.create(vec![email("flip@example.com")]).await;
+    for _ in 0..3 {
+        let _ = app.get(by_id(&p)).await;
+    }
+    app.stop().await;
+    let path = audit::log_path(app.data_dir());
+    let bin = env!("CARGO_BIN_EXE_customer-profile");
+    let ok = std::process::Command::new(bin)
+        .args(["audit-verify", "--data-dir"])
+        .arg(app.data_dir())
+        .output()
+        .expect("run audit-verify");
+    assert!(ok.status.success(), "{ok:?}");
+
+    // Change one byte of the third entry's principal name.
+    let mut bytes = std::fs::read(&path).expect("log");
+    let third_start = bytes
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| **b == b'\n')
+        .nth(1)
+        .map(|(i, _)| i + 1)
+        .expect("three lines");
+    let at = third_start
+        + bytes[third_start..]
+            .windows(7)
+            .position(|w| w == b"\"local\"")
+            .expect("principal field")
+        + 1;
+    bytes[at] ^= 0x01;
+    std::fs::write(&path, &bytes).expect("write");
+    match audit::verify(&path).expect("verify") {
+        Verdict::Broken { line, reason } => {
+            assert_eq!(line, 3, "{reason}");
+            assert!(reason.contains("entry 3"), "{reason}");
+        }
+        other => panic!("a changed entry went unnoticed: {other:?}"),
+    }
+    let out = std::process::Command::new(bin)
+        .args(["audit-verify", "--data-dir"])
+        .arg(app.data_dir())
+        .output()
+        .expect("run audit-verify");
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("line 3") && text.contains("entry 3"),
+        "{text}"
+    );
+}
