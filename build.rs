@@ -9,6 +9,7 @@ const PROTOS: &[&str] = &[
     "proto/customer_profile/v1/interaction.proto",
     "proto/customer_profile/v1/consent.proto",
     "proto/customer_profile/v1/contact.proto",
+    "proto/customer_profile/v1/privacy.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

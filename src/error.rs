@@ -22,6 +22,9 @@ pub enum Error {
     /// The named profile, merge or other entity does not exist.
     #[error("{0}")]
     NotFound(String),
+    /// The customer was erased; only the tombstone of its profile id remains.
+    #[error("{0}")]
+    Erased(String),
     /// Optimistic concurrency failed (`expected_version` mismatch); nothing was written.
     #[error("{0}")]
     Aborted(String),

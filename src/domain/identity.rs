@@ -35,6 +35,14 @@ pub fn find_root(view: &dyn ReadView, key: &ProfileKey) -> Result<ProfileRecord>
             None => None,
         },
     };
+    if let (None, ProfileKey::Id(id)) = (&found, key) {
+        if let Some(at) = view.erased(*id)? {
+            let (secs, _) = at.to_parts();
+            return Err(Error::Erased(format!(
+                "profile {id} was erased (unix time {secs}); nothing about the customer is held any more"
+            )));
+        }
+    }
     found.ok_or_else(|| match key {
         ProfileKey::Id(id) => Error::NotFound(format!("no profile with id {id}")),
         ProfileKey::Identifier(i) => Error::NotFound(format!(

@@ -11,6 +11,7 @@ pub mod ids;
 pub mod interaction;
 pub mod policy;
 pub mod ports;
+pub mod privacy;
 pub mod profile;
 pub mod profiles;
 pub mod rules;

@@ -57,6 +57,8 @@ pub trait ReadView {
         since: Timestamp,
         limit: usize,
     ) -> Result<Vec<ProfileId>>;
+    /// When `profile` was erased, if it was.
+    fn erased(&self, profile: ProfileId) -> Result<Option<Timestamp>>;
     /// Up to `limit` profile records (any, merged-away included) with ids above `after`.
     fn profiles_after(&self, after: Option<ProfileId>, limit: usize) -> Result<Vec<ProfileRecord>>;
 }
@@ -118,6 +120,12 @@ pub trait WriteTx: ReadView {
         old: &[IndexTerm],
         new: &[IndexTerm],
     ) -> Result<()>;
+    /// Deletes everything written to `profile` (its record, identifier links, history,
+    /// interactions and their index entries, consents, preferences, summary, sent messages,
+    /// index terms) and leaves a tombstone with the time.
+    fn erase_profile(&mut self, profile: ProfileId, at: Timestamp) -> Result<()>;
+    /// Deletes stored idempotent responses that mention any of `needles`; returns how many.
+    fn purge_idempotency_mentioning(&mut self, needles: &[String]) -> Result<usize>;
     /// Next value of the global write counter (attribute tie-breaks, history order).
     fn next_write_seq(&mut self) -> Result<u64>;
     /// Appends a change event; returns its sequence.

@@ -119,6 +119,8 @@ pub enum ChangeKind {
     InteractionRecorded,
     /// Consent or preferences changed.
     ConsentChanged,
+    /// The customer was erased.
+    ProfileErased,
 }
 
 /// A durable change event (no personal values).

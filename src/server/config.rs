@@ -355,6 +355,21 @@ impl Default for LogConfig {
     }
 }
 
+/// The top-level keys of [`Config`], the only ones the environment may set.
+pub const CONFIG_SECTIONS: [&str; 11] = [
+    "listen",
+    "data_dir",
+    "storage",
+    "identity",
+    "changes",
+    "idempotency",
+    "log",
+    "consent",
+    "contact",
+    "summary",
+    "auth",
+];
+
 /// A configuration error naming the key.
 #[derive(Debug, thiserror::Error)]
 #[error("configuration: {0}")]
@@ -374,7 +389,17 @@ impl Config {
             }
             fig = fig.merge(Toml::file(f));
         }
-        fig = fig.merge(Env::prefixed("CUSTOMER_PROFILE_").split("__"));
+        // Only variables that name a configuration section: CUSTOMER_PROFILE_CONFIG (the file
+        // list, read by the command line) and variables Kubernetes derives from a Service name
+        // (CUSTOMER_PROFILE_PORT=tcp://...) are not configuration.
+        fig = fig.merge(
+            Env::prefixed("CUSTOMER_PROFILE_")
+                .filter(|k| {
+                    let top = k.as_str().split("__").next().unwrap_or_default();
+                    CONFIG_SECTIONS.iter().any(|s| top.eq_ignore_ascii_case(s))
+                })
+                .split("__"),
+        );
         let mut config: Config = fig.extract().map_err(|e| ConfigError(e.to_string()))?;
         let defaults = Config::default();
         if overrides.listen != defaults.listen {

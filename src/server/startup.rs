@@ -21,17 +21,21 @@ use crate::service::pb::consent_service_server::ConsentServiceServer;
 use crate::service::pb::contact_service_server::ContactServiceServer;
 use crate::service::pb::identity_service_server::IdentityServiceServer;
 use crate::service::pb::interaction_service_server::InteractionServiceServer;
+use crate::service::pb::privacy_service_server::PrivacyServiceServer;
 use crate::service::pb::profile_service_server::ProfileServiceServer;
-use crate::service::{self, ConsentApi, ContactApi, Core, IdentityApi, InteractionApi, ProfileApi};
+use crate::service::{
+    self, ConsentApi, ContactApi, Core, IdentityApi, InteractionApi, PrivacyApi, ProfileApi,
+};
 use crate::store::{SledStore, Store, StoreOptions};
 
 /// Service names reported by grpc.health.v1 (besides the overall "").
-const SERVICES: [&str; 5] = [
+const SERVICES: [&str; 6] = [
     "customer_profile.v1.IdentityService",
     "customer_profile.v1.ProfileService",
     "customer_profile.v1.InteractionService",
     "customer_profile.v1.ConsentService",
     "customer_profile.v1.ContactService",
+    "customer_profile.v1.PrivacyService",
 ];
 
 /// A server ready to run: the store is open and the listener bound.
@@ -169,6 +173,7 @@ impl Application {
             .add_service(InteractionServiceServer::new(InteractionApi(core.clone())))
             .add_service(ConsentServiceServer::new(ConsentApi(core.clone())))
             .add_service(ContactServiceServer::new(ContactApi(core.clone())))
+            .add_service(PrivacyServiceServer::new(PrivacyApi(core.clone())))
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
             .await
             .context("serving gRPC")?;

@@ -663,6 +663,7 @@ pub fn change_out(e: &ChangeEvent) -> pb::ChangeEvent {
             ChangeKind::ProfilesUnmerged => K::ProfilesUnmerged,
             ChangeKind::InteractionRecorded => K::InteractionRecorded,
             ChangeKind::ConsentChanged => K::ConsentChanged,
+            ChangeKind::ProfileErased => K::ProfileErased,
         } as i32,
         profile_id: e.profile.to_string(),
         version: e.version,

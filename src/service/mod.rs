@@ -8,6 +8,7 @@ pub mod convert;
 mod identity;
 mod interaction;
 pub mod page_token;
+mod privacy;
 mod profile;
 pub mod rules_convert;
 pub mod status;
@@ -21,6 +22,7 @@ pub use consent::ConsentApi;
 pub use contact::ContactApi;
 pub use identity::IdentityApi;
 pub use interaction::InteractionApi;
+pub use privacy::PrivacyApi;
 pub use profile::ProfileApi;
 
 use crate::audit::{AuditIds, AuditLog};

@@ -26,6 +26,11 @@ impl From<Error> for Status {
                 ),
             ),
             Error::NotFound(_) => Status::not_found(message),
+            Error::Erased(_) => Status::with_error_details(
+                Code::NotFound,
+                message,
+                ErrorDetails::with_error_info("ERASED", ERROR_DOMAIN, HashMap::new()),
+            ),
             Error::Aborted(_) => Status::aborted(message),
             Error::FailedPrecondition { reason, .. } => Status::with_error_details(
                 Code::FailedPrecondition,

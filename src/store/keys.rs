@@ -20,6 +20,7 @@
 //! | `sent_messages`         | origin profile id (16) ++ message key            | `Timestamp` (last sent) |
 //! | `segment_terms`         | live profile id (16)                             | `Vec<IndexTerm>`     |
 //! | `segment_index`         | term (see [`index_term`]) ++ live profile id (16) | empty               |
+//! | `erased`                | profile id (16)                                  | `Timestamp` (erased at) |
 //! | `interaction_index`     | see [`interaction_index`]: type (+ attribute) ++ occurred_at ++ origin ++ id | empty |
 //!
 //! Values are encoded by `codec` (format version byte first).
@@ -69,11 +70,13 @@ pub enum TreeName {
     SegmentIndex,
     /// Interaction type (+ attribute) ++ time ++ origin ++ id → nothing.
     InteractionIndex,
+    /// Profile → when it was erased (the tombstone).
+    Erased,
 }
 
 impl TreeName {
     /// Every tree, in the order of their index in the store.
-    pub const ALL: [TreeName; 18] = [
+    pub const ALL: [TreeName; 19] = [
         TreeName::Meta,
         TreeName::Profiles,
         TreeName::IdentifierToProfile,
@@ -92,6 +95,7 @@ impl TreeName {
         TreeName::SegmentTerms,
         TreeName::SegmentIndex,
         TreeName::InteractionIndex,
+        TreeName::Erased,
     ];
 
     /// The sled tree name.
@@ -115,6 +119,7 @@ impl TreeName {
             TreeName::SegmentTerms => "segment_terms",
             TreeName::SegmentIndex => "segment_index",
             TreeName::InteractionIndex => "interaction_index",
+            TreeName::Erased => "erased",
         }
     }
 

@@ -539,6 +539,12 @@ impl<R: Raw> ReadView for R {
             .collect()
     }
 
+    fn erased(&self, profile: ProfileId) -> Result<Option<Timestamp>> {
+        self.get(TreeName::Erased, &keys::profile(profile))?
+            .map(|v| decode("erasure tombstone", &v))
+            .transpose()
+    }
+
     fn profiles_after(&self, after: Option<ProfileId>, limit: usize) -> Result<Vec<ProfileRecord>> {
         let lo = match after {
             Some(a) => match keys::prefix_end(&keys::profile(a)) {
@@ -723,6 +729,69 @@ impl WriteTx for Pending<'_> {
         );
         self.set(TreeName::Idempotency, key, encode(&record)?);
         Ok(())
+    }
+
+    fn erase_profile(&mut self, profile: ProfileId, at: Timestamp) -> Result<()> {
+        let (lo, hi) = prefix_bounds(&keys::profile(profile));
+        for link in self.own_identifiers(profile)? {
+            self.remove_link(&link)?;
+        }
+        for i in self.interactions(profile, None, usize::MAX)? {
+            let mut prefixes = vec![keys::interaction_index_prefix(&i.kind, None)];
+            for (k, v) in &i.attributes {
+                prefixes.push(keys::interaction_index_prefix(&i.kind, Some((k, v))));
+            }
+            for p in prefixes {
+                self.delete(
+                    TreeName::InteractionIndex,
+                    keys::interaction_index(&p, i.occurred_at, i.origin, i.id),
+                );
+            }
+        }
+        let terms = self.index_terms(profile)?;
+        self.set_index_terms(profile, &terms, &[])?;
+        for tree in [
+            TreeName::AttributeHistory,
+            TreeName::ProfileInteractions,
+            TreeName::Consents,
+            TreeName::SentMessages,
+        ] {
+            for (k, _) in self.range(tree, &lo, hi.as_deref(), false, usize::MAX)? {
+                self.delete(tree, k);
+            }
+        }
+        for tree in [
+            TreeName::Preferences,
+            TreeName::Summaries,
+            TreeName::Profiles,
+        ] {
+            self.delete(tree, keys::profile(profile).to_vec());
+        }
+        self.set(
+            TreeName::Erased,
+            keys::profile(profile).to_vec(),
+            encode(&at)?,
+        );
+        Ok(())
+    }
+
+    fn purge_idempotency_mentioning(&mut self, needles: &[String]) -> Result<usize> {
+        let mut gone = 0;
+        for (k, v) in self.range(TreeName::Idempotency, &[], None, false, usize::MAX)? {
+            let record: IdempotentRecord = decode("idempotency record", &v)?;
+            let mentions = needles
+                .iter()
+                .any(|n| record.response.windows(n.len()).any(|w| w == n.as_bytes()));
+            if mentions {
+                self.delete(
+                    TreeName::IdempotencyExpiry,
+                    keys::idempotency_expiry(record.created_at, &k),
+                );
+                self.delete(TreeName::Idempotency, k);
+                gone += 1;
+            }
+        }
+        Ok(gone)
     }
 
     fn next_write_seq(&mut self) -> Result<u64> {

@@ -156,7 +156,7 @@ async fn channel(app: &TestApp) -> GrpcChannel {
 #[test]
 fn every_rpc_has_an_entry_in_the_access_table() {
     let rpcs = every_rpc();
-    assert!(rpcs.len() >= 21, "found only {} RPCs", rpcs.len());
+    assert!(rpcs.len() >= 23, "found only {} RPCs", rpcs.len());
     for (path, _) in &rpcs {
         assert!(
             matches!(required_access(path), Some(Access::Scope(_))),
