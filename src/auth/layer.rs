@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tonic::Status;
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tower::{Layer, Service};
 
 use super::tokens::{self, TokenHash};
@@ -25,6 +26,8 @@ pub struct Authenticator {
     local: Arc<Principal>,
     /// Field groups defined by attribute paths.
     groups: std::collections::BTreeMap<String, Vec<String>>,
+    /// Client certificate common name → principal index.
+    cert_names: Vec<(String, usize)>,
 }
 
 impl Authenticator {
@@ -35,12 +38,41 @@ impl Authenticator {
         groups: std::collections::BTreeMap<String, Vec<String>>,
     ) -> Authenticator {
         Authenticator {
+            cert_names: Vec::new(),
             groups,
             principals: principals.into_iter().map(Arc::new).collect(),
             hashes: tokens.iter().map(|(_, h)| *h).collect(),
             owners: tokens.iter().map(|(i, _)| *i).collect(),
             local: Arc::new(Principal::local()),
         }
+    }
+
+    /// Maps client certificate common names to principals (mutual TLS).
+    pub fn with_cert_names(mut self, names: Vec<(String, usize)>) -> Authenticator {
+        self.cert_names = names;
+        self
+    }
+
+    /// The principal of a verified client certificate (DER), by its subject common name.
+    fn by_certificate(&self, der: &[u8]) -> Result<Arc<Principal>, Status> {
+        let (_, cert) = x509_parser::parse_x509_certificate(der)
+            .map_err(|_| Status::unauthenticated("the client certificate cannot be read"))?;
+        let cn = cert
+            .subject()
+            .iter_common_name()
+            .next()
+            .and_then(|c| c.as_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        self.cert_names
+            .iter()
+            .find(|(n, _)| *n == cn)
+            .map(|(_, i)| self.principals[*i].clone())
+            .ok_or_else(|| {
+                Status::unauthenticated(format!(
+                    "the client certificate CN={cn:?} is not mapped to a principal (auth.principals[].client_cert_names)"
+                ))
+            })
     }
 
     /// What `principal` may read.
@@ -95,10 +127,16 @@ impl Authenticator {
         if self.is_local() {
             return Ok(self.local.clone());
         }
-        if let Some(p) = req.extensions().get::<CertPrincipal>() {
-            return Ok(p.0.clone());
+        let leaf = req
+            .extensions()
+            .get::<TlsConnectInfo<TcpConnectInfo>>()
+            .and_then(|i| i.peer_certs())
+            .and_then(|certs| certs.first().map(|c| c.as_ref().to_vec()));
+        let header = req.headers().get(http::header::AUTHORIZATION);
+        if let (Some(der), None) = (&leaf, header) {
+            return self.by_certificate(der);
         }
-        let Some(header) = req.headers().get(http::header::AUTHORIZATION) else {
+        let Some(header) = header else {
             return Err(Status::unauthenticated(
                 "credentials required: send the header `authorization: Bearer <token>` or a client certificate",
             ));
@@ -117,10 +155,6 @@ impl Authenticator {
         }
     }
 }
-
-/// A principal established from the client certificate of a mutual-TLS connection.
-#[derive(Debug, Clone)]
-pub struct CertPrincipal(pub Arc<Principal>);
 
 /// The layer: authentication, authorisation and the audit entry of every call.
 #[derive(Clone)]

@@ -45,6 +45,27 @@ pub struct Config {
     pub summary: SummaryConfig,
     /// Authentication and authorisation.
     pub auth: AuthConfig,
+    /// TLS for the gRPC port (and mutual TLS when a client CA is given).
+    pub tls: Option<TlsConfig>,
+}
+
+/// TLS for the gRPC port.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain of the server.
+    pub cert_file: PathBuf,
+    /// PEM private key of the server.
+    pub key_file: PathBuf,
+    /// PEM CA certificates that sign client certificates; set for mutual TLS. A client
+    /// certificate's subject common name maps it to the principal listing that name in
+    /// `client_cert_names`.
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
+    /// With a client CA: also accept connections without a client certificate (those must then
+    /// send a bearer token). Default false: every client must present a certificate.
+    #[serde(default)]
+    pub client_auth_optional: bool,
 }
 
 impl Default for Config {
@@ -61,6 +82,7 @@ impl Default for Config {
             contact: ContactConfig::default(),
             summary: SummaryConfig::default(),
             auth: AuthConfig::default(),
+            tls: None,
         }
     }
 }
@@ -100,6 +122,9 @@ pub struct PrincipalConfig {
     /// SHA-256 hashes (hex) of its bearer tokens (several, to rotate).
     #[serde(default)]
     pub token_sha256: Vec<String>,
+    /// Subject common names of client certificates (mutual TLS) that are this principal.
+    #[serde(default)]
+    pub client_cert_names: Vec<String>,
 }
 
 /// Built-in field groups.
@@ -356,7 +381,7 @@ impl Default for LogConfig {
 }
 
 /// The top-level keys of [`Config`], the only ones the environment may set.
-pub const CONFIG_SECTIONS: [&str; 11] = [
+pub const CONFIG_SECTIONS: [&str; 12] = [
     "listen",
     "data_dir",
     "storage",
@@ -368,6 +393,7 @@ pub const CONFIG_SECTIONS: [&str; 11] = [
     "contact",
     "summary",
     "auth",
+    "tls",
 ];
 
 /// A configuration error naming the key.
@@ -436,6 +462,8 @@ impl Config {
         let mut principals = Vec::new();
         let mut hashes = Vec::new();
         let mut names = HashSet::new();
+        let mut certs = HashSet::new();
+        let mut cert_names = Vec::new();
         for (i, p) in self.auth.principals.iter().enumerate() {
             let key = |k: &str| format!("auth.principals[{i}].{k}");
             if p.name.trim().is_empty() || !names.insert(p.name.clone()) {
@@ -499,11 +527,20 @@ impl Config {
                     key("department")
                 )));
             }
-            if p.token_sha256.is_empty() {
+            if p.token_sha256.is_empty() && p.client_cert_names.is_empty() {
                 return Err(ConfigError(format!(
-                    "{}: give at least one token hash (create one with `customer-profile token`)",
+                    "{}: give at least one token hash (create one with `customer-profile token`) or a client certificate name",
                     key("token_sha256")
                 )));
+            }
+            for n in &p.client_cert_names {
+                if !certs.insert(n.clone()) {
+                    return Err(ConfigError(format!(
+                        "{}: client certificate name {n:?} is given to two principals",
+                        key("client_cert_names")
+                    )));
+                }
+                cert_names.push((n.clone(), i));
             }
             for (j, h) in p.token_sha256.iter().enumerate() {
                 let hash = tokens::parse_hash(h).ok_or_else(|| {
@@ -523,7 +560,7 @@ impl Config {
                 local: false,
             });
         }
-        Ok(Authenticator::new(principals, hashes, groups))
+        Ok(Authenticator::new(principals, hashes, groups).with_cert_names(cert_names))
     }
 
     /// The consent, contact and summary rules this configuration describes.

@@ -10,10 +10,10 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::Server;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
 
-use super::config::Config;
+use super::config::{Config, TlsConfig};
 use crate::audit::AuditLog;
 use crate::auth::layer::AuthLayer;
 use crate::domain::time::Clock;
@@ -159,7 +159,11 @@ impl Application {
         };
         tracing::info!(%addr, data_dir = %config.data_dir.display(), "serving gRPC");
         // The tower stack: every request passes here (auth, limits and metrics join it).
-        Server::builder()
+        let mut builder = Server::builder();
+        if let Some(tls) = &config.tls {
+            builder = builder.tls_config(tls_server_config(tls)?)?;
+        }
+        builder
             .trace_fn(|req| tracing::info_span!("grpc", method = %req.uri().path()))
             .layer(AuthLayer {
                 auth: core.auth.clone(),
@@ -209,6 +213,24 @@ impl Application {
             handle,
         }
     }
+}
+
+/// The server's TLS settings from the configured files.
+fn tls_server_config(tls: &TlsConfig) -> anyhow::Result<ServerTlsConfig> {
+    let read = |p: &std::path::Path, what: &str| {
+        std::fs::read(p).with_context(|| format!("reading tls.{what} {}", p.display()))
+    };
+    let identity = Identity::from_pem(
+        read(&tls.cert_file, "cert_file")?,
+        read(&tls.key_file, "key_file")?,
+    );
+    let mut cfg = ServerTlsConfig::new().identity(identity);
+    if let Some(ca) = &tls.client_ca_file {
+        cfg = cfg
+            .client_ca_root(Certificate::from_pem(read(ca, "client_ca_file")?))
+            .client_auth_optional(tls.client_auth_optional);
+    }
+    Ok(cfg)
 }
 
 /// Removes change events and idempotency records past their retention, periodically.

@@ -136,6 +136,7 @@ impl Principals {
             field_groups: groups.iter().map(|g| g.to_string()).collect(),
             purpose: purpose.map(String::from),
             token_sha256: vec![hash],
+            client_cert_names: vec![],
         });
         self.tokens.insert(name.into(), token);
     }
@@ -756,6 +757,7 @@ async fn a_writer_without_a_department_is_a_configuration_error() {
         field_groups: vec![],
         purpose: None,
         token_sha256: vec![hash],
+        client_cert_names: vec![],
     });
     let err = config.validate().expect_err("department required");
     assert!(
