@@ -46,8 +46,9 @@ pub trait ReadView {
     fn message_sent(&self, profile: ProfileId, message_key: &str) -> Result<Option<Timestamp>>;
     /// The terms `profile` is indexed under.
     fn index_terms(&self, profile: ProfileId) -> Result<Vec<IndexTerm>>;
-    /// Up to `limit` live profiles indexed under terms matching `q`, in index order.
-    fn index_scan(&self, q: &IndexQuery, limit: usize) -> Result<Vec<ProfileId>>;
+    /// Up to `limit` live profiles indexed under terms matching `q` (for a range: a superset,
+    /// by bucket), or `None` when the index cannot answer `q` (a range over free text).
+    fn index_scan(&self, q: &IndexQuery, limit: usize) -> Result<Option<Vec<ProfileId>>>;
     /// Origin profiles of up to `limit` interactions of type `kind` (with attribute
     /// `attr.0 = attr.1`) that occurred at or after `since`, oldest first (repeats possible).
     fn interactions_indexed(

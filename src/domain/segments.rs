@@ -228,39 +228,42 @@ fn clause_candidates(
             AttrTest::AnyOf(values) => {
                 let mut out = Vec::new();
                 for v in values {
-                    out.extend(view.index_scan(
-                        &IndexQuery::Term(IndexTerm::Attr {
-                            path: path.clone(),
-                            value: v.clone(),
-                        }),
-                        limit,
-                    )?);
+                    let q = IndexQuery::Term(IndexTerm::Attr {
+                        path: path.clone(),
+                        value: v.clone(),
+                    });
+                    match view.index_scan(&q, limit)? {
+                        Some(ids) => out.extend(ids),
+                        None => return Ok(None),
+                    }
                 }
                 (out, true)
             }
-            AttrTest::Range { lower, upper } => (
-                view.index_scan(
-                    &IndexQuery::AttrRange {
-                        path: path.clone(),
-                        lower: lower.clone(),
-                        upper: upper.clone(),
-                    },
-                    limit,
-                )?,
-                true,
-            ),
+            AttrTest::Range { lower, upper } => {
+                let q = IndexQuery::AttrRange {
+                    path: path.clone(),
+                    lower: lower.clone(),
+                    upper: upper.clone(),
+                };
+                match view.index_scan(&q, limit)? {
+                    Some(ids) => (ids, true),
+                    None => return Ok(None),
+                }
+            }
         },
-        Clause::IdentifierKind(k) => (
-            view.index_scan(&IndexQuery::Term(IndexTerm::Kind(*k)), limit)?,
-            true,
-        ),
-        Clause::Consent { purpose, channel } => (
-            view.index_scan(
-                &IndexQuery::Term(IndexTerm::Grant(*purpose, *channel)),
-                limit,
-            )?,
-            true,
-        ),
+        Clause::IdentifierKind(k) => {
+            match view.index_scan(&IndexQuery::Term(IndexTerm::Kind(*k)), limit)? {
+                Some(ids) => (ids, true),
+                None => return Ok(None),
+            }
+        }
+        Clause::Consent { purpose, channel } => {
+            let q = IndexQuery::Term(IndexTerm::Grant(*purpose, *channel));
+            match view.index_scan(&q, limit)? {
+                Some(ids) => (ids, true),
+                None => return Ok(None),
+            }
+        }
         Clause::Interaction { kind, attr, within } => (
             view.interactions_indexed(
                 kind,

@@ -47,6 +47,19 @@ pub struct Config {
     pub auth: AuthConfig,
     /// TLS for the gRPC port (and mutual TLS when a client CA is given).
     pub tls: Option<TlsConfig>,
+    /// Encryption at rest.
+    pub encryption: EncryptionConfig,
+}
+
+/// Encryption at rest: where the master key comes from. Without either setting a key is
+/// generated into `<data_dir>/master.key` (local development; a warning says so).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct EncryptionConfig {
+    /// A file holding the 32-byte master key, raw or base64 (a mounted Kubernetes Secret).
+    pub master_key_file: Option<PathBuf>,
+    /// The master key itself, base64 (for `CUSTOMER_PROFILE_ENCRYPTION__MASTER_KEY`).
+    pub master_key: Option<String>,
 }
 
 /// TLS for the gRPC port.
@@ -83,6 +96,7 @@ impl Default for Config {
             summary: SummaryConfig::default(),
             auth: AuthConfig::default(),
             tls: None,
+            encryption: EncryptionConfig::default(),
         }
     }
 }
@@ -381,7 +395,7 @@ impl Default for LogConfig {
 }
 
 /// The top-level keys of [`Config`], the only ones the environment may set.
-pub const CONFIG_SECTIONS: [&str; 12] = [
+pub const CONFIG_SECTIONS: [&str; 13] = [
     "listen",
     "data_dir",
     "storage",
@@ -394,6 +408,7 @@ pub const CONFIG_SECTIONS: [&str; 12] = [
     "summary",
     "auth",
     "tls",
+    "encryption",
 ];
 
 /// A configuration error naming the key.

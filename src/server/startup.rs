@@ -26,6 +26,7 @@ use crate::service::pb::profile_service_server::ProfileServiceServer;
 use crate::service::{
     self, ConsentApi, ContactApi, Core, IdentityApi, InteractionApi, PrivacyApi, ProfileApi,
 };
+use crate::store::crypto::{Key, parse_master_key};
 use crate::store::{SledStore, Store, StoreOptions};
 
 /// Service names reported by grpc.health.v1 (besides the overall "").
@@ -76,6 +77,7 @@ impl Application {
         }
         let store = Arc::new(
             SledStore::open(&StoreOptions {
+                master_key: master_key(&config)?,
                 path: config.data_dir.clone(),
                 cache_capacity_bytes: config.storage.cache_capacity_mb.saturating_mul(1024 * 1024),
             })
@@ -213,6 +215,52 @@ impl Application {
             handle,
         }
     }
+}
+
+/// The master key: from the configured file or value, else (local development) from
+/// `<data_dir>/master.key`, generated on first start.
+fn master_key(config: &Config) -> anyhow::Result<Key> {
+    let enc = &config.encryption;
+    if let Some(path) = &enc.master_key_file {
+        let bytes = std::fs::read(path)
+            .with_context(|| format!("reading encryption.master_key_file {}", path.display()))?;
+        return parse_master_key(&bytes).with_context(|| {
+            format!(
+                "encryption.master_key_file {}: not a 32-byte key (raw, or base64 of 32 bytes)",
+                path.display()
+            )
+        });
+    }
+    if let Some(text) = &enc.master_key {
+        return parse_master_key(text.as_bytes())
+            .context("encryption.master_key: not the base64 of 32 bytes");
+    }
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating {}", config.data_dir.display()))?;
+    let path = config.data_dir.join("master.key");
+    if path.exists() {
+        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        tracing::warn!(path = %path.display(), "using the master key generated in the data directory; configure encryption.master_key_file (e.g. from a Kubernetes Secret) outside development");
+        return parse_master_key(&bytes)
+            .with_context(|| format!("{} is not a 32-byte master key", path.display()));
+    }
+    let key = Key::generate()?;
+    use base64::Engine;
+    let text = base64::engine::general_purpose::STANDARD.encode(key.0);
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts
+        .open(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    std::io::Write::write_all(&mut f, text.as_bytes())?;
+    f.sync_all()?;
+    tracing::warn!(path = %path.display(), "NO MASTER KEY CONFIGURED: generated one into the data directory (local development). Anyone with the directory can read the data; configure encryption.master_key_file outside development");
+    Ok(key)
 }
 
 /// The server's TLS settings from the configured files.

@@ -89,6 +89,7 @@ fn run(ops: Vec<Op>) -> Result<()> {
     let store: Arc<dyn Store> = Arc::new(SledStore::open(&StoreOptions {
         path: dir.path().to_path_buf(),
         cache_capacity_bytes: 8 << 20,
+        master_key: crate::store::crypto::Key([7; 32]),
     })?);
     let id_policy = IdentityPolicy::default();
     let policy = ConsentPolicy::default();

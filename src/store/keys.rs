@@ -21,13 +21,14 @@
 //! | `segment_terms`         | live profile id (16)                             | `Vec<IndexTerm>`     |
 //! | `segment_index`         | term (see [`index_term`]) ++ live profile id (16) | empty               |
 //! | `erased`                | profile id (16)                                  | `Timestamp` (erased at) |
+//! | `data_keys`             | profile id (16)                                  | data key sealed under the master key |
 //! | `interaction_index`     | see [`interaction_index`]: type (+ attribute) ++ occurred_at ++ origin ++ id | empty |
 //!
 //! Values are encoded by `codec` (format version byte first).
 
 use crate::domain::identifier::{Identifier, IdentifierKind};
 use crate::domain::ids::{InteractionId, MergeId, ProfileId};
-use crate::domain::segments::{IndexQuery, IndexTerm, IndexValue};
+use crate::domain::segments::{IndexTerm, IndexValue};
 use crate::domain::time::Timestamp;
 use crate::error::{Error, Result};
 
@@ -72,11 +73,13 @@ pub enum TreeName {
     InteractionIndex,
     /// Profile → when it was erased (the tombstone).
     Erased,
+    /// Profile → its data key, wrapped under the master key.
+    DataKeys,
 }
 
 impl TreeName {
     /// Every tree, in the order of their index in the store.
-    pub const ALL: [TreeName; 19] = [
+    pub const ALL: [TreeName; 20] = [
         TreeName::Meta,
         TreeName::Profiles,
         TreeName::IdentifierToProfile,
@@ -96,6 +99,7 @@ impl TreeName {
         TreeName::SegmentIndex,
         TreeName::InteractionIndex,
         TreeName::Erased,
+        TreeName::DataKeys,
     ];
 
     /// The sled tree name.
@@ -120,6 +124,7 @@ impl TreeName {
             TreeName::SegmentIndex => "segment_index",
             TreeName::InteractionIndex => "interaction_index",
             TreeName::Erased => "erased",
+            TreeName::DataKeys => "data_keys",
         }
     }
 
@@ -135,6 +140,8 @@ pub const META_SCHEMA_VERSION: &[u8] = b"schema_version";
 pub const META_LAST_CHANGE_SEQ: &[u8] = b"last_change_seq";
 /// Meta key: last global write sequence assigned.
 pub const META_LAST_WRITE_SEQ: &[u8] = b"last_write_seq";
+/// Meta key: a value identifying the master key the directory was written with.
+pub const META_MASTER_KEY_CHECK: &[u8] = b"master_key_check";
 /// Meta key: every change with a sequence above this is retained.
 pub const META_CHANGES_FLOOR: &[u8] = b"changes_floor";
 
@@ -323,40 +330,69 @@ pub fn index_entry(t: &IndexTerm, profile: ProfileId) -> Vec<u8> {
     k
 }
 
-/// `[lo, hi)` of the index keys a query covers.
-pub fn index_bounds(q: &IndexQuery) -> (Vec<u8>, Option<Vec<u8>>) {
-    match q {
-        IndexQuery::Term(t) => {
-            let k = index_term(t);
-            let end = prefix_end(&k);
-            (k, end)
+/// The bucket of a value for range scans over hashed index terms (ordered like the values):
+/// dates (`YYYY-MM-DD` text) and times by year, numbers by sign and number of digits,
+/// booleans by value. `None`: other text, which range filters check without the index.
+pub fn bucket_of(v: &IndexValue) -> Option<i64> {
+    fn magnitude(i: i64) -> i64 {
+        let digits = i64::from(i.unsigned_abs().checked_ilog10().map_or(0, |d| d + 1));
+        i.signum() * digits
+    }
+    let year = |y: i64| y.clamp(1899, 2201);
+    match v {
+        IndexValue::Text(t) => {
+            let b = t.as_bytes();
+            let date = b.len() == 10
+                && b[4] == b'-'
+                && b[7] == b'-'
+                && b.iter()
+                    .enumerate()
+                    .all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit());
+            if date {
+                t[..4].parse::<i64>().ok().map(year)
+            } else {
+                None
+            }
         }
-        IndexQuery::AttrRange { path, lower, upper } => {
-            let tag = lower
-                .as_ref()
-                .or(upper.as_ref())
-                .map(|(v, _)| v.tag())
-                .unwrap_or(0);
-            let mut typed = attr_prefix(path);
-            typed.push(tag);
-            let bound = |v: &IndexValue| {
-                let mut k = attr_prefix(path);
-                index_value(&mut k, v);
-                k
-            };
-            let lo = match lower {
-                None => typed.clone(),
-                Some((v, true)) => bound(v),
-                Some((v, false)) => prefix_end(&bound(v)).unwrap_or_else(|| bound(v)),
-            };
-            let hi = match upper {
-                None => prefix_end(&typed),
-                Some((v, true)) => prefix_end(&bound(v)),
-                Some((v, false)) => Some(bound(v)),
-            };
-            (lo, hi)
+        IndexValue::Int(i) => Some(magnitude(*i)),
+        IndexValue::Double(d) => Some(magnitude(d.floor().clamp(-9.0e18, 9.0e18) as i64)),
+        IndexValue::Bool(b) => Some(i64::from(*b)),
+        IndexValue::Time(t) => {
+            let days = t.0.div_euclid(86_400_000_000);
+            Some(year(crate::domain::time::civil_from_days(days).0))
         }
     }
+}
+
+/// The buckets a range of values of one type covers, or `None` when it cannot be enumerated
+/// (text other than dates).
+pub fn buckets_between(
+    lower: Option<&IndexValue>,
+    upper: Option<&IndexValue>,
+) -> Option<std::ops::RangeInclusive<i64>> {
+    let sample = lower.or(upper)?;
+    let (min, max) = match sample {
+        IndexValue::Text(_) | IndexValue::Time(_) => (1899, 2201),
+        IndexValue::Int(_) | IndexValue::Double(_) => (-19, 19),
+        IndexValue::Bool(_) => (0, 1),
+    };
+    let lo = match lower {
+        Some(v) => bucket_of(v)?,
+        None => min,
+    };
+    let hi = match upper {
+        Some(v) => bucket_of(v)?,
+        None => max,
+    };
+    Some(lo..=hi)
+}
+
+/// The plaintext of a bucket term (hashed by the store): path 0x00 type-tag bucket.
+pub fn bucket_term(path: &str, tag: u8, bucket: i64) -> Vec<u8> {
+    let mut k = attr_prefix(path);
+    k.push(tag);
+    k.extend_from_slice(&bucket.to_be_bytes());
+    k
 }
 
 /// The profile id at the end of a segment index key.
@@ -477,6 +513,26 @@ mod tests {
         for w in [i64::MIN, -1, 0, 1, i64::MAX].windows(2) {
             assert!(enc(&IndexValue::Int(w[0])) < enc(&IndexValue::Int(w[1])));
         }
+    }
+
+    #[test]
+    fn buckets_follow_value_order() {
+        let ints = [i64::MIN, -1000, -5, 0, 7, 99, 100, i64::MAX];
+        for w in ints.windows(2) {
+            assert!(bucket_of(&IndexValue::Int(w[0])) <= bucket_of(&IndexValue::Int(w[1])));
+        }
+        let dates = ["1850-01-01", "1980-05-12", "1980-12-31", "2001-01-01"];
+        for w in dates.windows(2) {
+            assert!(
+                bucket_of(&IndexValue::Text(w[0].into()))
+                    <= bucket_of(&IndexValue::Text(w[1].into()))
+            );
+        }
+        assert_eq!(bucket_of(&IndexValue::Text("manchester".into())), None);
+        assert_eq!(
+            buckets_between(Some(&IndexValue::Text("1980-01-01".into())), None),
+            Some(1980..=2201)
+        );
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! the rules see the `domain::ports` traits. The store holds no business rules.
 
 pub mod codec;
+pub mod crypto;
 mod group_commit;
 pub mod keys;
 mod sled_store;

@@ -6,7 +6,7 @@
 //! atomic on crash — and hands the commit to group commit for durability. Readers take a
 //! shared lock that the apply step takes exclusively, so a read never sees half a commit.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::PathBuf;
 
@@ -17,6 +17,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 use tokio::sync::watch;
 
 use super::codec::{decode, decode_u64, encode};
+use super::crypto::{self, Crypto, Key, SEALED};
 use super::group_commit::{Durable, GroupCommit};
 use super::keys::{self, TreeName};
 use super::{BoxFuture, Store, Ticket};
@@ -42,6 +43,8 @@ pub struct StoreOptions {
     pub path: PathBuf,
     /// sled's page cache, bytes.
     pub cache_capacity_bytes: u64,
+    /// The master key: data keys are wrapped under it, index hashes keyed by it.
+    pub master_key: Key,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -66,6 +69,51 @@ pub struct SledStore {
     writer: Mutex<WriterState>,
     commit_lock: RwLock<()>,
     group: GroupCommit,
+    crypto: Crypto,
+    /// Unwrapped data keys by profile id.
+    data_keys: RwLock<HashMap<[u8; 16], Key>>,
+}
+
+/// How a tree's values are sealed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Sealing {
+    /// Not personal: ids, counters, times, empty index values.
+    Plain,
+    /// With the data key of the profile whose id starts the key.
+    Profile,
+    /// With the service key.
+    Service,
+}
+
+fn sealing(t: TreeName) -> Sealing {
+    match t {
+        TreeName::Profiles
+        | TreeName::ProfileIdentifiers
+        | TreeName::AttributeHistory
+        | TreeName::ProfileInteractions
+        | TreeName::Consents
+        | TreeName::Preferences
+        | TreeName::Summaries
+        | TreeName::SegmentTerms => Sealing::Profile,
+        TreeName::IdentifierToProfile | TreeName::Merges | TreeName::Idempotency => {
+            Sealing::Service
+        }
+        TreeName::Meta
+        | TreeName::ProfileMerges
+        | TreeName::IdempotencyExpiry
+        | TreeName::Changes
+        | TreeName::SentMessages
+        | TreeName::SegmentIndex
+        | TreeName::InteractionIndex
+        | TreeName::Erased
+        | TreeName::DataKeys => Sealing::Plain,
+    }
+}
+
+fn profile_prefix(key: &[u8]) -> Result<[u8; 16]> {
+    key.get(..16)
+        .and_then(|k| k.try_into().ok())
+        .ok_or_else(|| Error::Corrupt("a profile key is shorter than a profile id".into()))
 }
 
 fn sled_err(e: sled::Error) -> Error {
@@ -79,6 +127,8 @@ type Entries = Vec<(Vec<u8>, Vec<u8>)>;
 
 /// Raw access to trees; the typed [`ReadView`] is built on it once for every reader.
 trait Raw {
+    /// Keys of index hashing.
+    fn crypto(&self) -> &Crypto;
     fn get(&self, tree: TreeName, key: &[u8]) -> Result<Option<Vec<u8>>>;
     /// Keys in `[lo, hi)` (`hi = None`: to the end), ascending or descending, at most `limit`.
     fn range(
@@ -137,6 +187,20 @@ impl SledStore {
             }
         };
         check_schema(meta, &trees[TreeName::Profiles.index()])?;
+        let crypto = Crypto::new(&opts.master_key);
+        match meta.get(keys::META_MASTER_KEY_CHECK).map_err(sled_err)? {
+            None => {
+                meta.insert(keys::META_MASTER_KEY_CHECK, &crypto.check_value())
+                    .map_err(sled_err)?;
+            }
+            Some(v) if v.as_ref() == crypto.check_value() => {}
+            Some(_) => {
+                return Err(Error::Unavailable(format!(
+                    "the master key is not the one the data directory {} was written with; configure that key (encryption.master_key_file)",
+                    opts.path.display()
+                )));
+            }
+        }
         let last_change_seq = read_u64(keys::META_LAST_CHANGE_SEQ)?;
         let last_write_seq = read_u64(keys::META_LAST_WRITE_SEQ)?;
         db.flush().map_err(sled_err)?;
@@ -167,7 +231,46 @@ impl SledStore {
             }),
             commit_lock: RwLock::new(()),
             group,
+            crypto,
+            data_keys: RwLock::new(HashMap::new()),
         })
+    }
+
+    /// The data key of a profile, if it has one (committed).
+    fn data_key(&self, profile: [u8; 16]) -> Result<Option<Key>> {
+        if let Some(k) = self.data_keys.read().get(&profile) {
+            return Ok(Some(k.clone()));
+        }
+        let Some(wrapped) = self
+            .tree(TreeName::DataKeys)
+            .get(profile)
+            .map_err(sled_err)?
+        else {
+            return Ok(None);
+        };
+        let k = self.crypto.unwrap_key(&profile, &wrapped)?;
+        self.data_keys.write().insert(profile, k.clone());
+        Ok(Some(k))
+    }
+
+    /// A value as read from sled, opened when sealed (values written before encryption at rest
+    /// are plaintext and pass as they are).
+    fn unseal(&self, tree: TreeName, key: &[u8], value: &[u8]) -> Result<Vec<u8>> {
+        if value.first() != Some(&SEALED) {
+            return Ok(value.to_vec());
+        }
+        let context: [&[u8]; 2] = [tree.name().as_bytes(), key];
+        match sealing(tree) {
+            Sealing::Plain => Ok(value.to_vec()),
+            Sealing::Service => crypto::open(self.crypto.service_key(), &context, value),
+            Sealing::Profile => {
+                let profile = profile_prefix(key)?;
+                let k = self.data_key(profile)?.ok_or_else(|| {
+                    Error::Corrupt(format!("{}: no data key for its profile", tree.name()))
+                })?;
+                crypto::open(&k, &context, value)
+            }
+        }
     }
 
     fn tree(&self, t: TreeName) -> &sled::Tree {
@@ -199,6 +302,7 @@ impl SledStore {
             writes: vec![BTreeMap::new(); TreeName::ALL.len()],
             change_seq: w.last_change_seq,
             write_seq: w.last_write_seq,
+            dropped_keys: Vec::new(),
         };
         f(&mut p)?;
         if p.writes.iter().all(BTreeMap::is_empty) {
@@ -218,11 +322,12 @@ impl SledStore {
                 p.write_seq.to_be_bytes().to_vec(),
             );
         }
+        let (sealed, new_keys) = self.seal_writes(&p)?;
         {
             let _exclusive = self.commit_lock.write();
             let result: std::result::Result<(), TransactionError<()>> =
                 self.trees.as_slice().transaction(|txs| {
-                    for (i, writes) in p.writes.iter().enumerate() {
+                    for (i, writes) in sealed.iter().enumerate() {
                         for (k, v) in writes {
                             match v {
                                 Some(v) => {
@@ -241,11 +346,66 @@ impl SledStore {
                 TransactionError::Abort(()) => Error::Unavailable("transaction aborted".into()),
             })?;
         }
+        {
+            let mut cache = self.data_keys.write();
+            for (profile, k) in new_keys {
+                cache.insert(profile, k);
+            }
+            for profile in &p.dropped_keys {
+                cache.remove(profile);
+            }
+        }
         w.commit += 1;
         w.last_change_seq = p.change_seq;
         w.last_write_seq = p.write_seq;
         self.group.request(w.commit, w.last_change_seq);
         Ok(Ticket(w.commit))
+    }
+}
+
+type SealedWrites = Vec<Vec<(Vec<u8>, Option<Vec<u8>>)>>;
+
+impl SledStore {
+    /// The write set with personal values sealed, plus the data keys created for profiles
+    /// written for the first time (their wrapped form is part of the write set).
+    fn seal_writes(&self, p: &Pending<'_>) -> Result<(SealedWrites, Vec<([u8; 16], Key)>)> {
+        let mut out: SealedWrites = vec![Vec::new(); TreeName::ALL.len()];
+        let mut new_keys: Vec<([u8; 16], Key)> = Vec::new();
+        for t in TreeName::ALL {
+            for (k, v) in &p.writes[t.index()] {
+                let value = match (v, sealing(t)) {
+                    (None, _) => None,
+                    (Some(v), _) if v.is_empty() => Some(v.clone()),
+                    (Some(v), Sealing::Plain) => Some(v.clone()),
+                    (Some(v), Sealing::Service) => Some(crypto::seal(
+                        self.crypto.service_key(),
+                        &[t.name().as_bytes(), k],
+                        v,
+                    )?),
+                    (Some(v), Sealing::Profile) => {
+                        let profile = profile_prefix(k)?;
+                        let key = match new_keys.iter().find(|(p, _)| *p == profile) {
+                            Some((_, key)) => key.clone(),
+                            None => match self.data_key(profile)? {
+                                Some(key) => key,
+                                None => {
+                                    let key = Key::generate()?;
+                                    new_keys.push((profile, key.clone()));
+                                    key
+                                }
+                            },
+                        };
+                        Some(crypto::seal(&key, &[t.name().as_bytes(), k], v)?)
+                    }
+                };
+                out[t.index()].push((k.clone(), value));
+            }
+        }
+        for (profile, key) in &new_keys {
+            out[TreeName::DataKeys.index()]
+                .push((profile.to_vec(), Some(self.crypto.wrap(profile, key)?)));
+        }
+        Ok((out, new_keys))
     }
 }
 
@@ -275,12 +435,16 @@ fn check_schema(meta: &sled::Tree, profiles: &sled::Tree) -> Result<()> {
 }
 
 impl Raw for SledStore {
+    fn crypto(&self) -> &Crypto {
+        &self.crypto
+    }
+
     fn get(&self, tree: TreeName, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        Ok(self
-            .tree(tree)
+        self.tree(tree)
             .get(key)
             .map_err(sled_err)?
-            .map(|v| v.to_vec()))
+            .map(|v| self.unseal(tree, key, &v))
+            .transpose()
     }
 
     fn range(
@@ -303,7 +467,11 @@ impl Raw for SledStore {
             Box::new(iter)
         };
         iter.take(limit)
-            .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(sled_err))
+            .map(|r| {
+                let (k, v) = r.map_err(sled_err)?;
+                let v = self.unseal(tree, &k, &v)?;
+                Ok((k.to_vec(), v))
+            })
             .collect()
     }
 }
@@ -314,6 +482,8 @@ struct Pending<'a> {
     writes: Vec<BTreeMap<Vec<u8>, Option<Vec<u8>>>>,
     change_seq: u64,
     write_seq: u64,
+    /// Profiles erased in this transaction (their data keys go).
+    dropped_keys: Vec<[u8; 16]>,
 }
 
 impl Pending<'_> {
@@ -327,6 +497,10 @@ impl Pending<'_> {
 }
 
 impl Raw for Pending<'_> {
+    fn crypto(&self) -> &Crypto {
+        &self.store.crypto
+    }
+
     fn get(&self, tree: TreeName, key: &[u8]) -> Result<Option<Vec<u8>>> {
         match self.writes[tree.index()].get(key) {
             Some(v) => Ok(v.clone()),
@@ -385,6 +559,80 @@ impl Raw for Pending<'_> {
     }
 }
 
+/// An identifier's index key: a keyed hash, so no identifier is stored in plaintext.
+fn ident_key(c: &Crypto, id: &Identifier) -> Vec<u8> {
+    c.hash("identifier", &keys::identifier(id)).to_vec()
+}
+
+/// Origin profile ++ identifier hash.
+fn profile_ident_key(c: &Crypto, profile: ProfileId, id: &Identifier) -> Vec<u8> {
+    let mut k = keys::profile(profile).to_vec();
+    k.extend_from_slice(&ident_key(c, id));
+    k
+}
+
+/// A segment index term as stored: attribute values as keyed hashes (`h` ++ 20 bytes);
+/// identifier kinds and consent pairs (not personal) as they are.
+fn term_key(c: &Crypto, t: &IndexTerm) -> Vec<u8> {
+    match t {
+        IndexTerm::Attr { .. } => {
+            let mut k = vec![b'h'];
+            k.extend_from_slice(&c.hash("term", &keys::index_term(t))[..20]);
+            k
+        }
+        _ => keys::index_term(t),
+    }
+}
+
+/// A range bucket of an attribute (`r` ++ 20 bytes of keyed hash).
+fn bucket_key(c: &Crypto, path: &str, tag: u8, bucket: i64) -> Vec<u8> {
+    let mut k = vec![b'r'];
+    k.extend_from_slice(&c.hash("bucket", &keys::bucket_term(path, tag, bucket))[..20]);
+    k
+}
+
+/// Every segment index key of one term of `profile`.
+fn term_entries(c: &Crypto, t: &IndexTerm, profile: ProfileId) -> Vec<Vec<u8>> {
+    let mut out = vec![term_key(c, t)];
+    if let IndexTerm::Attr { path, value } = t {
+        if let Some(b) = keys::bucket_of(value) {
+            out.push(bucket_key(c, path, value.tag(), b));
+        }
+    }
+    for k in &mut out {
+        k.extend_from_slice(profile.as_bytes());
+    }
+    out
+}
+
+/// The interaction index prefix: the type in clear (not personal), an attribute key and value
+/// as a keyed hash.
+fn interaction_prefix(c: &Crypto, kind: &str, attr: Option<(&str, &str)>) -> Vec<u8> {
+    match attr {
+        None => keys::interaction_index_prefix(kind, None),
+        Some((k, v)) => {
+            let mut p = vec![b'a'];
+            p.extend_from_slice(kind.as_bytes());
+            p.push(0);
+            let plain = [k.as_bytes(), &[0], v.as_bytes()].concat();
+            p.extend_from_slice(&c.hash("interaction attribute", &plain)[..20]);
+            p
+        }
+    }
+}
+
+/// Every interaction index key of `i`.
+fn interaction_entries(c: &Crypto, i: &Interaction) -> Vec<Vec<u8>> {
+    let mut prefixes = vec![interaction_prefix(c, &i.kind, None)];
+    for (k, v) in &i.attributes {
+        prefixes.push(interaction_prefix(c, &i.kind, Some((k, v))));
+    }
+    prefixes
+        .iter()
+        .map(|p| keys::interaction_index(p, i.occurred_at, i.origin, i.id))
+        .collect()
+}
+
 fn prefix_bounds(prefix: &[u8]) -> (Vec<u8>, Option<Vec<u8>>) {
     (prefix.to_vec(), keys::prefix_end(prefix))
 }
@@ -397,7 +645,7 @@ impl<R: Raw> ReadView for R {
     }
 
     fn identifier_link(&self, id: &Identifier) -> Result<Option<IdentifierLink>> {
-        self.get(TreeName::IdentifierToProfile, &keys::identifier(id))?
+        self.get(TreeName::IdentifierToProfile, &ident_key(self.crypto(), id))?
             .map(|v| decode("identifier link", &v))
             .transpose()
     }
@@ -514,12 +762,42 @@ impl<R: Raw> ReadView for R {
             .unwrap_or_default())
     }
 
-    fn index_scan(&self, q: &IndexQuery, limit: usize) -> Result<Vec<ProfileId>> {
-        let (lo, hi) = keys::index_bounds(q);
-        self.range(TreeName::SegmentIndex, &lo, hi.as_deref(), false, limit)?
-            .iter()
-            .map(|(k, _)| keys::profile_of_index_entry(k))
-            .collect()
+    fn index_scan(&self, q: &IndexQuery, limit: usize) -> Result<Option<Vec<ProfileId>>> {
+        let prefixes = match q {
+            IndexQuery::Term(t) => vec![term_key(self.crypto(), t)],
+            IndexQuery::AttrRange { path, lower, upper } => {
+                let tag = lower.as_ref().or(upper.as_ref()).map(|(v, _)| v.tag());
+                let (Some(tag), Some(buckets)) = (
+                    tag,
+                    keys::buckets_between(
+                        lower.as_ref().map(|(v, _)| v),
+                        upper.as_ref().map(|(v, _)| v),
+                    ),
+                ) else {
+                    return Ok(None);
+                };
+                buckets
+                    .map(|b| bucket_key(self.crypto(), path, tag, b))
+                    .collect()
+            }
+        };
+        let mut out = Vec::new();
+        for p in prefixes {
+            if out.len() >= limit {
+                break;
+            }
+            let (lo, hi) = prefix_bounds(&p);
+            for (k, _) in self.range(
+                TreeName::SegmentIndex,
+                &lo,
+                hi.as_deref(),
+                false,
+                limit - out.len(),
+            )? {
+                out.push(keys::profile_of_index_entry(&k)?);
+            }
+        }
+        Ok(Some(out))
     }
 
     fn interactions_indexed(
@@ -529,7 +807,7 @@ impl<R: Raw> ReadView for R {
         since: Timestamp,
         limit: usize,
     ) -> Result<Vec<ProfileId>> {
-        let prefix = keys::interaction_index_prefix(kind, attr);
+        let prefix = interaction_prefix(self.crypto(), kind, attr);
         let mut lo = prefix.clone();
         lo.extend_from_slice(&keys::time_bytes(since));
         let hi = keys::prefix_end(&prefix);
@@ -568,28 +846,24 @@ impl WriteTx for Pending<'_> {
 
     fn put_link(&mut self, link: &IdentifierLink) -> Result<()> {
         let v = encode(link)?;
-        self.set(
-            TreeName::IdentifierToProfile,
-            keys::identifier(&link.identifier),
-            v.clone(),
+        let c = self.crypto();
+        let (k1, k2) = (
+            ident_key(c, &link.identifier),
+            profile_ident_key(c, link.origin, &link.identifier),
         );
-        self.set(
-            TreeName::ProfileIdentifiers,
-            keys::profile_identifier(link.origin, &link.identifier),
-            v,
-        );
+        self.set(TreeName::IdentifierToProfile, k1, v.clone());
+        self.set(TreeName::ProfileIdentifiers, k2, v);
         Ok(())
     }
 
     fn remove_link(&mut self, link: &IdentifierLink) -> Result<()> {
-        self.delete(
-            TreeName::IdentifierToProfile,
-            keys::identifier(&link.identifier),
+        let c = self.crypto();
+        let (k1, k2) = (
+            ident_key(c, &link.identifier),
+            profile_ident_key(c, link.origin, &link.identifier),
         );
-        self.delete(
-            TreeName::ProfileIdentifiers,
-            keys::profile_identifier(link.origin, &link.identifier),
-        );
+        self.delete(TreeName::IdentifierToProfile, k1);
+        self.delete(TreeName::ProfileIdentifiers, k2);
         Ok(())
     }
 
@@ -623,16 +897,8 @@ impl WriteTx for Pending<'_> {
             keys::interaction(i.origin, i.occurred_at, i.id).to_vec(),
             encode(i)?,
         );
-        let mut prefixes = vec![keys::interaction_index_prefix(&i.kind, None)];
-        for (k, v) in &i.attributes {
-            prefixes.push(keys::interaction_index_prefix(&i.kind, Some((k, v))));
-        }
-        for p in prefixes {
-            self.set(
-                TreeName::InteractionIndex,
-                keys::interaction_index(&p, i.occurred_at, i.origin, i.id),
-                Vec::new(),
-            );
+        for k in interaction_entries(self.crypto(), i) {
+            self.set(TreeName::InteractionIndex, k, Vec::new());
         }
         Ok(())
     }
@@ -686,16 +952,16 @@ impl WriteTx for Pending<'_> {
     ) -> Result<()> {
         for t in old {
             if !new.contains(t) {
-                self.delete(TreeName::SegmentIndex, keys::index_entry(t, profile));
+                for k in term_entries(self.crypto(), t, profile) {
+                    self.delete(TreeName::SegmentIndex, k);
+                }
             }
         }
         for t in new {
             if !old.contains(t) {
-                self.set(
-                    TreeName::SegmentIndex,
-                    keys::index_entry(t, profile),
-                    Vec::new(),
-                );
+                for k in term_entries(self.crypto(), t, profile) {
+                    self.set(TreeName::SegmentIndex, k, Vec::new());
+                }
             }
         }
         if new.is_empty() {
@@ -737,15 +1003,8 @@ impl WriteTx for Pending<'_> {
             self.remove_link(&link)?;
         }
         for i in self.interactions(profile, None, usize::MAX)? {
-            let mut prefixes = vec![keys::interaction_index_prefix(&i.kind, None)];
-            for (k, v) in &i.attributes {
-                prefixes.push(keys::interaction_index_prefix(&i.kind, Some((k, v))));
-            }
-            for p in prefixes {
-                self.delete(
-                    TreeName::InteractionIndex,
-                    keys::interaction_index(&p, i.occurred_at, i.origin, i.id),
-                );
+            for k in interaction_entries(self.crypto(), &i) {
+                self.delete(TreeName::InteractionIndex, k);
             }
         }
         let terms = self.index_terms(profile)?;
@@ -930,7 +1189,7 @@ impl Store for SledStore {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
+    use std::collections::{BTreeMap, HashMap};
 
     use proptest::prelude::*;
 
@@ -940,6 +1199,7 @@ mod tests {
         SledStore::open(&StoreOptions {
             path: dir.to_path_buf(),
             cache_capacity_bytes: 8 << 20,
+            master_key: crate::store::crypto::Key([7; 32]),
         })
     }
 
@@ -980,7 +1240,7 @@ mod tests {
                 tree.insert([*k], &[*v]).map_err(|e| TestCaseError::fail(e.to_string()))?;
             }
             let mut model: BTreeMap<u8, u8> = committed.clone();
-            let mut p = Pending { store: &store, writes: vec![BTreeMap::new(); TreeName::ALL.len()], change_seq: 0, write_seq: 0 };
+            let mut p = Pending { store: &store, writes: vec![BTreeMap::new(); TreeName::ALL.len()], change_seq: 0, write_seq: 0, dropped_keys: Vec::new() };
             for (k, v) in &writes {
                 match v {
                     Some(v) => { p.set(TreeName::Changes, vec![*k], vec![*v]); model.insert(*k, *v); }

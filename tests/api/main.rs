@@ -12,18 +12,34 @@
 //! 7. WatchChanges replay, live follow, resume, retention ................ `changes`
 //! 8. invalid input names the field and writes nothing ................... `validation`
 //! 9. restart on the same data directory keeps everything ................ `restart`
+//!
+//! Acceptance items (issue 4, customer rules; harness in `rules_helpers`):
+//! 1, 6. consent expiry, default and maximum lifetimes, merge conflict, unmerge ... `consent`
+//! 2–5. caps, concurrent reservations, open cases, duplicates, reasons ........... `contact`
+//! 7. summary and decayed scores through late events, merge and unmerge ......... `summary`
+//! 8, 9. segment search on 10,000 generated profiles, clauses, invalid filters .. `segments`
 
 // Test code: a failed expectation is a test failure, which is what unwrap/expect/panic report.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod audit;
+mod auth;
 mod changes;
 mod concurrency;
+mod consent;
+mod contact;
+mod encryption;
 mod helpers;
 mod identity;
 mod interactions;
 mod merge;
 mod merge_model;
+mod privacy;
 mod profiles;
 mod restart;
+mod rules_helpers;
+mod segments;
+mod summary;
+mod tls;
 mod updates;
 mod validation;
