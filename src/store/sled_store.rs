@@ -364,13 +364,15 @@ impl SledStore {
 }
 
 type SealedWrites = Vec<Vec<(Vec<u8>, Option<Vec<u8>>)>>;
+/// Data keys created in a transaction, by profile id.
+type NewKeys = Vec<([u8; 16], Key)>;
 
 impl SledStore {
     /// The write set with personal values sealed, plus the data keys created for profiles
     /// written for the first time (their wrapped form is part of the write set).
-    fn seal_writes(&self, p: &Pending<'_>) -> Result<(SealedWrites, Vec<([u8; 16], Key)>)> {
+    fn seal_writes(&self, p: &Pending<'_>) -> Result<(SealedWrites, NewKeys)> {
         let mut out: SealedWrites = vec![Vec::new(); TreeName::ALL.len()];
-        let mut new_keys: Vec<([u8; 16], Key)> = Vec::new();
+        let mut new_keys: NewKeys = Vec::new();
         for t in TreeName::ALL {
             for (k, v) in &p.writes[t.index()] {
                 let value = match (v, sealing(t)) {
@@ -1189,7 +1191,7 @@ impl Store for SledStore {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::{BTreeMap, HashMap};
+    use std::collections::BTreeMap;
 
     use proptest::prelude::*;
 
