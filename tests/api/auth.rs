@@ -769,3 +769,19 @@ async fn a_writer_without_a_department_is_a_configuration_error() {
     let err = config.validate().expect_err("bad hash");
     assert!(err.to_string().contains("token_sha256[0]"), "{err}");
 }
+
+#[test]
+fn without_auth_the_binary_refuses_a_non_loopback_address() {
+    let dir = tempfile::tempdir().expect("dir");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_customer-profile"))
+        .args(["serve", "--listen", "0.0.0.0:0", "--data-dir"])
+        .arg(dir.path())
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .expect("run the binary");
+    assert!(!out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("refusing to listen on 0.0.0.0:0 without authentication"), "{text}");
+    assert!(text.contains("customer-profile token"), "says how to configure: {text}");
+    assert!(!dir.path().join("db").exists(), "nothing was opened or written");
+}
