@@ -14,6 +14,7 @@ use tower::{Layer, Service};
 use super::tokens::{self, TokenHash};
 use super::{Access, Principal, required_access};
 use crate::audit::{Access as AuditAccess, AuditIds, AuditLog, code_name};
+use crate::server::metrics::Metrics;
 
 /// Everything needed to decide who a request comes from.
 #[derive(Debug)]
@@ -163,6 +164,8 @@ pub struct AuthLayer {
     pub auth: Arc<Authenticator>,
     /// Where accesses are recorded.
     pub audit: Option<Arc<AuditLog>>,
+    /// Request counts and latencies.
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 impl<S> Layer<S> for AuthLayer {
@@ -173,6 +176,7 @@ impl<S> Layer<S> for AuthLayer {
             inner,
             auth: self.auth.clone(),
             audit: self.audit.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 }
@@ -183,6 +187,17 @@ pub struct AuthService<S> {
     inner: S,
     auth: Arc<Authenticator>,
     audit: Option<Arc<AuditLog>>,
+    metrics: Option<Arc<Metrics>>,
+}
+
+/// Counts a finished call.
+fn observe(metrics: Option<&Arc<Metrics>>, method: &str, code: &str, started: std::time::Instant) {
+    if let Some(m) = metrics {
+        m.counter("grpc_requests_total", &[("method", method), ("code", code)])
+            .increment(1);
+        m.histogram("grpc_request_duration_seconds", &[("method", method)])
+            .record(started.elapsed().as_secs_f64());
+    }
 }
 
 /// Whether calls of `path` are audited: every method of the public contract.
@@ -219,6 +234,8 @@ where
     fn call(&mut self, mut req: http::Request<ReqBody>) -> Self::Future {
         let path = req.uri().path().to_string();
         let audit = self.audit.clone().filter(|_| audited(&path));
+        let metrics = self.metrics.clone();
+        let started = std::time::Instant::now();
         match self.auth.check(&req) {
             Ok(principal) => {
                 let name = principal.as_ref().map(|p| p.name.clone());
@@ -226,8 +243,20 @@ where
                     req.extensions_mut().insert(p);
                 }
                 let fut = self.inner.call(req);
+                let in_flight = metrics
+                    .as_ref()
+                    .map(|m| m.gauge("grpc_requests_in_flight", &[]));
+                if let Some(g) = &in_flight {
+                    g.increment(1.0);
+                }
                 Box::pin(async move {
-                    let resp = fut.await?;
+                    let result = fut.await;
+                    if let Some(g) = &in_flight {
+                        g.decrement(1.0);
+                    }
+                    let resp = result?;
+                    let outcome = outcome_of(&resp);
+                    observe(metrics.as_ref(), &path, &outcome, started);
                     if let Some(log) = audit {
                         log.record(AuditAccess {
                             principal: name.unwrap_or_else(|| "anonymous".into()),
@@ -237,13 +266,19 @@ where
                                 .get::<AuditIds>()
                                 .map(|a| a.0.clone())
                                 .unwrap_or_default(),
-                            outcome: outcome_of(&resp),
+                            outcome,
                         });
                     }
                     Ok(resp)
                 })
             }
             Err(status) => {
+                observe(
+                    metrics.as_ref(),
+                    &path,
+                    &code_name(status.code() as i32),
+                    started,
+                );
                 if let Some(log) = audit {
                     let who = self.auth.authenticate(&req).ok();
                     log.record(AuditAccess {

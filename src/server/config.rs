@@ -49,6 +49,27 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     /// Encryption at rest.
     pub encryption: EncryptionConfig,
+    /// Prometheus metrics.
+    pub metrics: MetricsConfig,
+}
+
+/// Prometheus metrics at `http://<listen>/metrics`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Serve them.
+    pub enabled: bool,
+    /// Where (its own port, so the gRPC port stays gRPC only).
+    pub listen: SocketAddr,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+        }
+    }
 }
 
 /// Encryption at rest: where the master key comes from. Without either setting a key is
@@ -97,6 +118,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             tls: None,
             encryption: EncryptionConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -395,7 +417,7 @@ impl Default for LogConfig {
 }
 
 /// The top-level keys of [`Config`], the only ones the environment may set.
-pub const CONFIG_SECTIONS: [&str; 13] = [
+pub const CONFIG_SECTIONS: [&str; 14] = [
     "listen",
     "data_dir",
     "storage",
@@ -409,6 +431,7 @@ pub const CONFIG_SECTIONS: [&str; 13] = [
     "auth",
     "tls",
     "encryption",
+    "metrics",
 ];
 
 /// A configuration error naming the key.

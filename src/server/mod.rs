@@ -1,5 +1,6 @@
 //! Running the service: configuration, startup, telemetry.
 
 pub mod config;
+pub mod metrics;
 pub mod startup;
 pub mod telemetry;

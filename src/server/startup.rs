@@ -14,6 +14,7 @@ use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
 
 use super::config::{Config, TlsConfig};
+use super::metrics::{self, Metrics};
 use crate::audit::AuditLog;
 use crate::auth::layer::AuthLayer;
 use crate::domain::time::Clock;
@@ -42,6 +43,7 @@ const SERVICES: [&str; 6] = [
 /// A server ready to run: the store is open and the listener bound.
 pub struct Application {
     listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
     addr: SocketAddr,
     config: Config,
     store: Arc<SledStore>,
@@ -92,8 +94,18 @@ impl Application {
             .await
             .with_context(|| format!("binding {}", config.listen))?;
         let addr = listener.local_addr()?;
+        let metrics_listener = if config.metrics.enabled {
+            Some(
+                TcpListener::bind(config.metrics.listen)
+                    .await
+                    .with_context(|| format!("binding metrics.listen {}", config.metrics.listen))?,
+            )
+        } else {
+            None
+        };
         let (shutdown, shutdown_rx) = watch::channel(false);
         let core = Arc::new(Core {
+            metrics: Arc::new(Metrics::new()),
             store: store.clone(),
             audit: audit.clone(),
             clock,
@@ -104,6 +116,7 @@ impl Application {
         });
         Ok(Application {
             listener,
+            metrics_listener,
             addr,
             config,
             store,
@@ -117,6 +130,13 @@ impl Application {
         self.addr
     }
 
+    /// Where `/metrics` is served, when enabled.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+    }
+
     /// Serves until `stop` completes, then drains, flushes and closes the store.
     pub async fn run_until(
         self,
@@ -124,6 +144,7 @@ impl Application {
     ) -> anyhow::Result<()> {
         let Application {
             listener,
+            metrics_listener,
             addr,
             config,
             store,
@@ -146,6 +167,17 @@ impl Application {
             .build_v1alpha()?;
 
         let pruner = tokio::spawn(prune_loop(core.clone(), config.clone()));
+        let metrics_server = metrics_listener.map(|l| {
+            let mut stop = core.shutdown.clone();
+            tokio::spawn(metrics::serve(
+                l,
+                core.metrics.clone(),
+                core.store.clone(),
+                async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                },
+            ))
+        });
 
         let signal = {
             let health = health.clone();
@@ -170,6 +202,7 @@ impl Application {
             .layer(AuthLayer {
                 auth: core.auth.clone(),
                 audit: Some(core.audit.clone()),
+                metrics: Some(core.metrics.clone()),
             })
             .add_service(health_service)
             .add_service(reflection_v1)
@@ -186,6 +219,9 @@ impl Application {
 
         pruner.abort();
         let _ = pruner.await;
+        if let Some(m) = metrics_server {
+            let _ = m.await;
+        }
         core.audit.close();
         drop(core);
         store.close()?;
@@ -205,12 +241,14 @@ impl Application {
     /// Runs in the background; stop it with [`RunningServer::stop`].
     pub fn spawn(self) -> RunningServer {
         let addr = self.addr;
+        let metrics_addr = self.metrics_addr();
         let (tx, rx) = oneshot::channel();
         let handle = tokio::spawn(self.run_until(async move {
             let _ = rx.await;
         }));
         RunningServer {
             addr,
+            metrics_addr,
             stop: tx,
             handle,
         }
@@ -306,11 +344,17 @@ async fn prune_loop(core: Arc<Core>, config: Config) {
 /// A server running in the background.
 pub struct RunningServer {
     addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     stop: oneshot::Sender<()>,
     handle: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
 impl RunningServer {
+    /// Where `/metrics` is served, when enabled.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
     /// The bound address.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr

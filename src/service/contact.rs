@@ -42,6 +42,7 @@ impl ContactService for ContactApi {
             let mut reply = decision_out(&decision);
             reply.version = root.version;
             reply.profile_id = root.id.to_string();
+            count_decision(core, &reply);
             return Ok(audited_reply(reply));
         }
         let rules = &core.rules;
@@ -61,6 +62,24 @@ impl ContactService for ContactApi {
                 },
             )
             .await?;
+        count_decision(core, &reply);
         Ok(audited_reply(reply))
+    }
+}
+
+/// `contact_decisions_total{reason}`: `allowed`, or each denying reason.
+fn count_decision(core: &Core, reply: &pb::CheckContactResponse) {
+    if reply.allowed {
+        core.metrics
+            .counter("contact_decisions_total", &[("reason", "allowed")])
+            .increment(1);
+    }
+    for r in &reply.reasons {
+        let name = pb::DenyReason::try_from(*r)
+            .map(|r| r.as_str_name())
+            .unwrap_or("DENY_REASON_UNSPECIFIED");
+        core.metrics
+            .counter("contact_decisions_total", &[("reason", name)])
+            .increment(1);
     }
 }

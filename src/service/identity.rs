@@ -199,6 +199,10 @@ impl IdentityService for IdentityApi {
                 },
             )
             .await?;
+        self.0
+            .metrics
+            .counter("merges_total", &[])
+            .increment(reply.merges.len() as u64);
         Ok(audited_reply(reply))
     }
 
@@ -240,6 +244,7 @@ impl IdentityService for IdentityApi {
                 },
             )
             .await?;
+        self.0.metrics.counter("unmerges_total", &[]).increment(1);
         Ok(audited_reply(reply))
     }
 

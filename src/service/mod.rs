@@ -101,6 +101,8 @@ pub struct Core {
     pub store: Arc<dyn Store>,
     /// The audit log.
     pub audit: Arc<AuditLog>,
+    /// Prometheus metrics.
+    pub metrics: Arc<crate::server::metrics::Metrics>,
     /// Where "now" comes from.
     pub clock: Arc<dyn Clock>,
     /// Identity policy.

@@ -253,7 +253,17 @@ impl ProfileService for ProfileApi {
             .into());
         }
         let (tx, rx) = tokio::sync::mpsc::channel(WATCH_BUFFER);
+        let subscribers = core.metrics.gauge("change_feed_subscribers", &[]);
+        subscribers.increment(1.0);
         tokio::spawn(async move {
+            // Counted down however the stream ends.
+            struct Gone(metrics::Gauge);
+            impl Drop for Gone {
+                fn drop(&mut self) {
+                    self.0.decrement(1.0);
+                }
+            }
+            let _gone = Gone(subscribers);
             let mut durable = core.store.watch_durable();
             let mut shutdown = core.shutdown.clone();
             let mut cursor = from;

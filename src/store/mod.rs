@@ -49,6 +49,19 @@ pub trait Store: Send + Sync + 'static {
     fn prune(&self, changes_before: Timestamp, idempotency_before: Timestamp) -> Result<usize>;
     /// Makes everything durable and stops background work. Further writes fail.
     fn close(&self) -> Result<()>;
+    /// Figures for metrics.
+    fn stats(&self) -> StoreStats;
+}
+
+/// Store figures for metrics.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StoreStats {
+    /// Bytes on disk.
+    pub size_on_disk: u64,
+    /// Write transactions committed since start.
+    pub commits: u64,
+    /// Flushes (fsyncs) since start: commits / flushes = writes per fsync.
+    pub flushes: u64,
 }
 
 impl dyn Store {

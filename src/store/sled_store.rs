@@ -1084,6 +1084,14 @@ impl WriteTx for Pending<'_> {
 const PRUNE_BATCH: usize = 1000;
 
 impl Store for SledStore {
+    fn stats(&self) -> super::StoreStats {
+        super::StoreStats {
+            size_on_disk: self.size_on_disk().unwrap_or(0),
+            commits: self.writer.lock().commit,
+            flushes: self.flushes(),
+        }
+    }
+
     fn read(&self, f: &mut dyn FnMut(&dyn ReadView) -> Result<()>) -> Result<()> {
         let _shared = self.commit_lock.read();
         // Holding the shared side of the commit lock makes the committed trees a snapshot.

@@ -781,7 +781,16 @@ fn without_auth_the_binary_refuses_a_non_loopback_address() {
         .expect("run the binary");
     assert!(!out.status.success(), "{out:?}");
     let text = String::from_utf8_lossy(&out.stderr);
-    assert!(text.contains("refusing to listen on 0.0.0.0:0 without authentication"), "{text}");
-    assert!(text.contains("customer-profile token"), "says how to configure: {text}");
-    assert!(!dir.path().join("db").exists(), "nothing was opened or written");
+    assert!(
+        text.contains("refusing to listen on 0.0.0.0:0 without authentication"),
+        "{text}"
+    );
+    assert!(
+        text.contains("customer-profile token"),
+        "says how to configure: {text}"
+    );
+    assert!(
+        !dir.path().join("db").exists(),
+        "nothing was opened or written"
+    );
 }

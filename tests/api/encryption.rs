@@ -121,6 +121,7 @@ async fn another_master_key_is_refused_at_start() {
             ..Default::default()
         };
         c.encryption.master_key = key(b);
+        c.metrics.enabled = false;
         c
     };
     let clock = std::sync::Arc::new(customer_profile::domain::time::ManualClock::new(START));

@@ -96,6 +96,14 @@ impl TestApp {
         }
     }
 
+    /// Where `/metrics` is served.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.server
+            .as_ref()
+            .and_then(|s| s.metrics_addr())
+            .expect("metrics enabled")
+    }
+
     /// The data directory.
     pub fn data_dir(&self) -> &std::path::Path {
         self.dir.path()
@@ -464,6 +472,7 @@ async fn start(
         data_dir: dir.path().to_path_buf(),
         ..Config::default()
     };
+    config.metrics.listen = "127.0.0.1:0".parse().expect("socket address");
     configure(&mut config);
     let app = Application::build(config, Arc::new(clock.clone()))
         .await

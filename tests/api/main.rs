@@ -34,6 +34,7 @@ mod identity;
 mod interactions;
 mod merge;
 mod merge_model;
+mod metrics;
 mod privacy;
 mod profiles;
 mod restart;

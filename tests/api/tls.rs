@@ -68,6 +68,7 @@ async fn a_client_certificate_from_the_ca_is_its_principal() {
         }),
         ..Config::default()
     };
+    config.metrics.enabled = false;
     config.auth.principals.push(PrincipalConfig {
         name: "billing-backend".into(),
         department: Some("finance".into()),

@@ -1,0 +1,117 @@
+//! `/metrics`: Prometheus text whose request counter for a method rises by exactly the number
+//! of calls made.
+
+use std::collections::BTreeMap;
+
+use crate::helpers::*;
+
+async fn scrape(app: &TestApp) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(app.metrics_addr())
+        .await
+        .expect("connect");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.expect("read");
+    let (head, body) = out.split_once("\r\n\r\n").expect("http response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_lowercase().contains("content-type: text/plain"),
+        "{head}"
+    );
+    // Chunked transfer encoding is possible; keep only sample and comment lines.
+    body.lines()
+        .filter(|l| l.starts_with('#') || l.contains(' '))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Parses the exposition format strictly: `# HELP|TYPE ...` comments and
+/// `name{label="value",...} number` samples. Returns sample → value.
+fn parse(text: &str) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        if let Some(c) = line.strip_prefix("# ") {
+            assert!(
+                c.starts_with("HELP ") || c.starts_with("TYPE "),
+                "bad comment: {line}"
+            );
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').expect("sample has a value");
+        let v: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value in {line}"));
+        let name_end = series.find('{').unwrap_or(series.len());
+        let name = &series[..name_end];
+        assert!(
+            !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            "bad metric name in {line}"
+        );
+        if name_end < series.len() {
+            assert!(series.ends_with('}'), "unterminated labels: {line}");
+        }
+        out.insert(series.to_string(), v);
+    }
+    out
+}
+
+fn requests(m: &BTreeMap<String, f64>, method: &str, code: &str) -> f64 {
+    m.iter()
+        .filter(|(k, _)| {
+            k.starts_with("grpc_requests_total{")
+                && k.contains(&format!("method=\"{method}\""))
+                && k.contains(&format!("code=\"{code}\""))
+        })
+        .map(|(_, v)| *v)
+        .sum()
+}
+
+#[tokio::test]
+async fn request_counter_rises_by_exactly_the_calls_made() {
+    let app = TestApp::spawn().await;
+    let p = app.create(vec![new_email()]).await;
+    let get = "/customer_profile.v1.ProfileService/GetProfile";
+    let before = parse(&scrape(&app).await);
+    let base_ok = requests(&before, get, "OK");
+    let base_missing = requests(&before, get, "NOT_FOUND");
+    for _ in 0..7 {
+        let _ = app.get(by_id(&p)).await;
+    }
+    for _ in 0..3 {
+        assert!(
+            app.try_get(by_ident(email("nobody.metrics@example.com")))
+                .await
+                .is_err()
+        );
+    }
+    let after = parse(&scrape(&app).await);
+    assert_eq!(requests(&after, get, "OK") - base_ok, 7.0);
+    assert_eq!(requests(&after, get, "NOT_FOUND") - base_missing, 3.0);
+    let latency = after
+        .iter()
+        .find(|(k, _)| k.starts_with("grpc_request_duration_seconds_count") && k.contains(get))
+        .map(|(_, v)| *v)
+        .expect("latency histogram");
+    assert!(latency >= 10.0);
+    assert!(
+        after
+            .keys()
+            .any(|k| k.starts_with("store_size_on_disk_bytes"))
+    );
+    assert!(
+        after
+            .keys()
+            .any(|k| k.starts_with("store_writes_per_flush"))
+    );
+    assert!(
+        after
+            .keys()
+            .any(|k| k.starts_with("grpc_requests_in_flight"))
+    );
+}
