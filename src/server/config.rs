@@ -51,6 +51,28 @@ pub struct Config {
     pub encryption: EncryptionConfig,
     /// Prometheus metrics.
     pub metrics: MetricsConfig,
+    /// Graceful shutdown.
+    pub shutdown: ShutdownConfig,
+}
+
+/// Graceful shutdown on SIGTERM/SIGINT: health turns NOT_SERVING, then after `drain_delay_ms`
+/// the listener closes and in-flight calls get `grace_secs` to finish.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// Seconds in-flight calls may still take (keep the pod's termination grace above it).
+    pub grace_secs: u64,
+    /// Milliseconds between NOT_SERVING and closing the listener (lets load balancers notice).
+    pub drain_delay_ms: u64,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig {
+            grace_secs: 20,
+            drain_delay_ms: 0,
+        }
+    }
 }
 
 /// Prometheus metrics at `http://<listen>/metrics`.
@@ -119,6 +141,7 @@ impl Default for Config {
             tls: None,
             encryption: EncryptionConfig::default(),
             metrics: MetricsConfig::default(),
+            shutdown: ShutdownConfig::default(),
         }
     }
 }
@@ -417,7 +440,7 @@ impl Default for LogConfig {
 }
 
 /// The top-level keys of [`Config`], the only ones the environment may set.
-pub const CONFIG_SECTIONS: [&str; 14] = [
+pub const CONFIG_SECTIONS: [&str; 15] = [
     "listen",
     "data_dir",
     "storage",
@@ -432,6 +455,7 @@ pub const CONFIG_SECTIONS: [&str; 14] = [
     "tls",
     "encryption",
     "metrics",
+    "shutdown",
 ];
 
 /// A configuration error naming the key.

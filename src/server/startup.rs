@@ -179,6 +179,7 @@ impl Application {
             ))
         });
 
+        let drain_delay_ms = config.shutdown.drain_delay_ms;
         let signal = {
             let health = health.clone();
             async move {
@@ -188,16 +189,21 @@ impl Application {
                         .set_service_status(name, ServingStatus::NotServing)
                         .await;
                 }
+                tracing::info!("shutting down: health NOT_SERVING, draining in-flight calls");
+                // Load balancers and kubelets see NOT_SERVING before the listener closes.
+                tokio::time::sleep(Duration::from_millis(drain_delay_ms)).await;
                 let _ = shutdown.send(true);
             }
         };
+        let grace = Duration::from_secs(config.shutdown.grace_secs);
+        let mut stopping = core.shutdown.clone();
         tracing::info!(%addr, data_dir = %config.data_dir.display(), "serving gRPC");
         // The tower stack: every request passes here (auth, limits and metrics join it).
         let mut builder = Server::builder();
         if let Some(tls) = &config.tls {
             builder = builder.tls_config(tls_server_config(tls)?)?;
         }
-        builder
+        let serve = builder
             .trace_fn(|req| tracing::info_span!("grpc", method = %req.uri().path()))
             .layer(AuthLayer {
                 auth: core.auth.clone(),
@@ -213,9 +219,17 @@ impl Application {
             .add_service(ConsentServiceServer::new(ConsentApi(core.clone())))
             .add_service(ContactServiceServer::new(ContactApi(core.clone())))
             .add_service(PrivacyServiceServer::new(PrivacyApi(core.clone())))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
-            .await
-            .context("serving gRPC")?;
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+        // In-flight calls get `shutdown.grace_secs` to finish once stopping begins; then the
+        // server stops regardless (the store is still flushed and closed below).
+        let deadline = async move {
+            let _ = stopping.wait_for(|s| *s).await;
+            tokio::time::sleep(grace).await;
+        };
+        tokio::select! {
+            served = serve => served.context("serving gRPC")?,
+            _ = deadline => tracing::warn!(grace_secs = grace.as_secs(), "calls still running after the shutdown grace were cut off"),
+        }
 
         pruner.abort();
         let _ = pruner.await;

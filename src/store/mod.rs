@@ -51,6 +51,9 @@ pub trait Store: Send + Sync + 'static {
     fn close(&self) -> Result<()>;
     /// Figures for metrics.
     fn stats(&self) -> StoreStats;
+    /// Writers queue here asynchronously before [`Store::write`], so a writer waiting its
+    /// turn never blocks a runtime thread (readers, metrics and health keep being served).
+    fn write_gate(&self) -> &tokio::sync::Mutex<()>;
 }
 
 /// Store figures for metrics.
@@ -83,13 +86,17 @@ impl dyn Store {
     pub async fn write_with<T>(&self, f: impl FnOnce(&mut dyn WriteTx) -> Result<T>) -> Result<T> {
         let mut f = Some(f);
         let mut out = None;
-        let ticket = self.write(&mut |tx| {
-            let f = f
-                .take()
-                .ok_or_else(|| Error::Unavailable("write callback ran twice".into()))?;
-            out = Some(f(tx)?);
-            Ok(())
-        })?;
+        let ticket = {
+            let _turn = self.write_gate().lock().await;
+            self.write(&mut |tx| {
+                let f = f
+                    .take()
+                    .ok_or_else(|| Error::Unavailable("write callback ran twice".into()))?;
+                out = Some(f(tx)?);
+                Ok(())
+            })?
+        };
+        // Waiting for durability outside the gate lets the next writers join this flush.
         self.durable(ticket).await?;
         out.ok_or_else(|| Error::Unavailable("write callback did not run".into()))
     }

@@ -70,6 +70,7 @@ pub struct SledStore {
     commit_lock: RwLock<()>,
     group: GroupCommit,
     crypto: Crypto,
+    gate: tokio::sync::Mutex<()>,
     /// Unwrapped data keys by profile id.
     data_keys: RwLock<HashMap<[u8; 16], Key>>,
 }
@@ -232,6 +233,7 @@ impl SledStore {
             commit_lock: RwLock::new(()),
             group,
             crypto,
+            gate: tokio::sync::Mutex::new(()),
             data_keys: RwLock::new(HashMap::new()),
         })
     }
@@ -1084,6 +1086,10 @@ impl WriteTx for Pending<'_> {
 const PRUNE_BATCH: usize = 1000;
 
 impl Store for SledStore {
+    fn write_gate(&self) -> &tokio::sync::Mutex<()> {
+        &self.gate
+    }
+
     fn stats(&self) -> super::StoreStats {
         super::StoreStats {
             size_on_disk: self.size_on_disk().unwrap_or(0),

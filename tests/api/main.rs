@@ -40,6 +40,7 @@ mod profiles;
 mod restart;
 mod rules_helpers;
 mod segments;
+mod shutdown;
 mod summary;
 mod tls;
 mod updates;
