@@ -39,6 +39,9 @@ enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// Load and validate the configuration, print it with secrets redacted; exit 2 when it
+    /// is invalid (the message names the key).
+    CheckConfig,
     /// Print a new random bearer token and the SHA-256 hash to put in the configuration.
     Token,
     /// Check the hash chain of the audit log; exits 1 and names the first broken entry.
@@ -82,6 +85,14 @@ async fn run() -> anyhow::Result<()> {
             "token (give it to the client, store it as a secret; it is not shown again):\n  {token}\n\n\
              hash (put it in the principal's configuration):\n  token_sha256 = [\"{hash}\"]"
         )?;
+        return Ok(());
+    }
+    if let Some(Command::CheckConfig) = &cli.command {
+        let config = Config::load(&cli.config, &Config::default())?;
+        let text = config.redacted_toml()?;
+        let mut out = std::io::stdout().lock();
+        use std::io::Write;
+        writeln!(out, "# effective configuration (valid)\n{text}")?;
         return Ok(());
     }
     if let Some(Command::AuditVerify { data_dir }) = &cli.command {

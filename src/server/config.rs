@@ -53,6 +53,17 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// Graceful shutdown.
     pub shutdown: ShutdownConfig,
+    /// A separate plaintext port serving only grpc.health.v1 (for kubelet probes when the
+    /// gRPC port uses TLS).
+    pub health: HealthConfig,
+}
+
+/// The optional health-only port.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct HealthConfig {
+    /// Where, if anywhere.
+    pub listen: Option<SocketAddr>,
 }
 
 /// Graceful shutdown on SIGTERM/SIGINT: health turns NOT_SERVING, then after `drain_delay_ms`
@@ -142,6 +153,7 @@ impl Default for Config {
             encryption: EncryptionConfig::default(),
             metrics: MetricsConfig::default(),
             shutdown: ShutdownConfig::default(),
+            health: HealthConfig::default(),
         }
     }
 }
@@ -440,7 +452,7 @@ impl Default for LogConfig {
 }
 
 /// The top-level keys of [`Config`], the only ones the environment may set.
-pub const CONFIG_SECTIONS: [&str; 15] = [
+pub const CONFIG_SECTIONS: [&str; 16] = [
     "listen",
     "data_dir",
     "storage",
@@ -456,6 +468,7 @@ pub const CONFIG_SECTIONS: [&str; 15] = [
     "encryption",
     "metrics",
     "shutdown",
+    "health",
 ];
 
 /// A configuration error naming the key.
@@ -498,6 +511,22 @@ impl Config {
         }
         config.validate()?;
         Ok(config)
+    }
+
+    /// The effective configuration as TOML, with secrets redacted (the master key; token hashes
+    /// are shown shortened).
+    pub fn redacted_toml(&self) -> Result<String, ConfigError> {
+        let mut c = self.clone();
+        if c.encryption.master_key.is_some() {
+            c.encryption.master_key = Some("<redacted>".into());
+        }
+        for p in &mut c.auth.principals {
+            for h in &mut p.token_sha256 {
+                let short: String = h.chars().take(8).collect();
+                *h = format!("{short}…<redacted>");
+            }
+        }
+        toml::to_string_pretty(&c).map_err(|e| ConfigError(format!("cannot print: {e}")))
     }
 
     /// Checks what types cannot express.

@@ -44,6 +44,7 @@ const SERVICES: [&str; 6] = [
 pub struct Application {
     listener: TcpListener,
     metrics_listener: Option<TcpListener>,
+    health_listener: Option<TcpListener>,
     addr: SocketAddr,
     config: Config,
     store: Arc<SledStore>,
@@ -103,6 +104,14 @@ impl Application {
         } else {
             None
         };
+        let health_listener = match config.health.listen {
+            Some(a) => Some(
+                TcpListener::bind(a)
+                    .await
+                    .with_context(|| format!("binding health.listen {a}"))?,
+            ),
+            None => None,
+        };
         let (shutdown, shutdown_rx) = watch::channel(false);
         let core = Arc::new(Core {
             metrics: Arc::new(Metrics::new()),
@@ -117,6 +126,7 @@ impl Application {
         Ok(Application {
             listener,
             metrics_listener,
+            health_listener,
             addr,
             config,
             store,
@@ -145,6 +155,7 @@ impl Application {
         let Application {
             listener,
             metrics_listener,
+            health_listener,
             addr,
             config,
             store,
@@ -167,6 +178,17 @@ impl Application {
             .build_v1alpha()?;
 
         let pruner = tokio::spawn(prune_loop(core.clone(), config.clone()));
+        let health_server = health_listener.map(|l| {
+            let mut stop = core.shutdown.clone();
+            let svc = health_service.clone();
+            tokio::spawn(
+                Server::builder()
+                    .add_service(svc)
+                    .serve_with_incoming_shutdown(TcpListenerStream::new(l), async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    }),
+            )
+        });
         let metrics_server = metrics_listener.map(|l| {
             let mut stop = core.shutdown.clone();
             tokio::spawn(metrics::serve(
@@ -235,6 +257,9 @@ impl Application {
         let _ = pruner.await;
         if let Some(m) = metrics_server {
             let _ = m.await;
+        }
+        if let Some(h) = health_server {
+            let _ = h.await;
         }
         core.audit.close();
         drop(core);
