@@ -10,6 +10,7 @@ const PROTOS: &[&str] = &[
     "proto/customer_profile/v1/consent.proto",
     "proto/customer_profile/v1/contact.proto",
     "proto/customer_profile/v1/privacy.proto",
+    "proto/customer_profile/v1/admin.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -38,11 +38,13 @@ pub enum Scope {
     PrivacyExport,
     /// EraseCustomer.
     PrivacyErase,
+    /// Online backup (a copy of everything, still encrypted).
+    AdminBackup,
 }
 
 impl Scope {
     /// Every scope.
-    pub const ALL: [Scope; 13] = [
+    pub const ALL: [Scope; 14] = [
         Scope::ProfileRead,
         Scope::ProfileWrite,
         Scope::IdentityResolve,
@@ -56,6 +58,7 @@ impl Scope {
         Scope::ChangesRead,
         Scope::PrivacyExport,
         Scope::PrivacyErase,
+        Scope::AdminBackup,
     ];
 
     /// Its name in configuration (`profile:read`).
@@ -74,6 +77,7 @@ impl Scope {
             Scope::ChangesRead => "changes:read",
             Scope::PrivacyExport => "privacy:export",
             Scope::PrivacyErase => "privacy:erase",
+            Scope::AdminBackup => "admin:backup",
         }
     }
 
@@ -129,6 +133,7 @@ pub fn required_access(path: &str) -> Option<Access> {
             _ => return None,
         },
         ("customer_profile.v1.ContactService", "CheckContact") => ContactCheck,
+        ("customer_profile.v1.AdminService", "Backup") => AdminBackup,
         ("customer_profile.v1.PrivacyService", m) => match m {
             "ExportCustomer" => PrivacyExport,
             "EraseCustomer" => PrivacyErase,

@@ -18,6 +18,7 @@ use super::metrics::{self, Metrics};
 use crate::audit::AuditLog;
 use crate::auth::layer::AuthLayer;
 use crate::domain::time::Clock;
+use crate::service::pb::admin_service_server::AdminServiceServer;
 use crate::service::pb::consent_service_server::ConsentServiceServer;
 use crate::service::pb::contact_service_server::ContactServiceServer;
 use crate::service::pb::identity_service_server::IdentityServiceServer;
@@ -25,19 +26,21 @@ use crate::service::pb::interaction_service_server::InteractionServiceServer;
 use crate::service::pb::privacy_service_server::PrivacyServiceServer;
 use crate::service::pb::profile_service_server::ProfileServiceServer;
 use crate::service::{
-    self, ConsentApi, ContactApi, Core, IdentityApi, InteractionApi, PrivacyApi, ProfileApi,
+    self, AdminApi, ConsentApi, ContactApi, Core, IdentityApi, InteractionApi, PrivacyApi,
+    ProfileApi,
 };
 use crate::store::crypto::{Key, parse_master_key};
 use crate::store::{SledStore, Store, StoreOptions};
 
 /// Service names reported by grpc.health.v1 (besides the overall "").
-const SERVICES: [&str; 6] = [
+const SERVICES: [&str; 7] = [
     "customer_profile.v1.IdentityService",
     "customer_profile.v1.ProfileService",
     "customer_profile.v1.InteractionService",
     "customer_profile.v1.ConsentService",
     "customer_profile.v1.ContactService",
     "customer_profile.v1.PrivacyService",
+    "customer_profile.v1.AdminService",
 ];
 
 /// A server ready to run: the store is open and the listener bound.
@@ -241,6 +244,7 @@ impl Application {
             .add_service(ConsentServiceServer::new(ConsentApi(core.clone())))
             .add_service(ContactServiceServer::new(ContactApi(core.clone())))
             .add_service(PrivacyServiceServer::new(PrivacyApi(core.clone())))
+            .add_service(AdminServiceServer::new(AdminApi(store.clone())))
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
         // In-flight calls get `shutdown.grace_secs` to finish once stopping begins; then the
         // server stops regardless (the store is still flushed and closed below).

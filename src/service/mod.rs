@@ -1,6 +1,7 @@
 //! gRPC handlers: parse the request (convert), run the rules over the store, convert the reply.
 //! prost types never leave this module.
 
+mod admin;
 mod audit_ids;
 mod consent;
 mod contact;
@@ -18,6 +19,7 @@ use std::sync::Arc;
 use prost::Message;
 use tokio::sync::watch;
 
+pub use admin::AdminApi;
 pub use consent::ConsentApi;
 pub use contact::ContactApi;
 pub use identity::IdentityApi;

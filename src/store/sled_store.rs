@@ -365,6 +365,122 @@ impl SledStore {
     }
 }
 
+/// First bytes of a backup file.
+const BACKUP_MAGIC: &[u8; 9] = b"CPBACKUP1";
+/// Ends the records of a backup file.
+const BACKUP_END: u8 = 0xFF;
+
+impl SledStore {
+    /// Writes a consistent snapshot of every tree to `sink` (values as stored, so encrypted
+    /// ones stay encrypted), ending with the record count and a SHA-256 of everything before
+    /// it. Commits wait while it runs; reads do not.
+    pub fn backup(&self, sink: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<u64> {
+        use sha2::{Digest, Sha256};
+        let _snapshot = self.commit_lock.read();
+        let mut hash = Sha256::new();
+        let mut emit = |bytes: &[u8], hash: &mut Sha256| -> Result<()> {
+            hash.update(bytes);
+            sink(bytes)
+        };
+        emit(BACKUP_MAGIC, &mut hash)?;
+        let mut n = 0u64;
+        let mut buf = Vec::with_capacity(64 * 1024);
+        for t in TreeName::ALL {
+            for item in self.tree(t).iter() {
+                let (k, v) = item.map_err(sled_err)?;
+                buf.push(t.index() as u8);
+                buf.extend_from_slice(&(k.len() as u32).to_be_bytes());
+                buf.extend_from_slice(&k);
+                buf.extend_from_slice(&(v.len() as u32).to_be_bytes());
+                buf.extend_from_slice(&v);
+                n += 1;
+                if buf.len() >= 60 * 1024 {
+                    emit(&buf, &mut hash)?;
+                    buf.clear();
+                }
+            }
+        }
+        buf.push(BACKUP_END);
+        buf.extend_from_slice(&n.to_be_bytes());
+        emit(&buf, &mut hash)?;
+        let digest: [u8; 32] = hash.finalize().into();
+        sink(&digest)?;
+        Ok(n)
+    }
+
+    /// Loads a backup file into `dir`, which must be empty or absent. The whole file is
+    /// checked (format and checksum) before anything is written; a damaged file is refused.
+    pub fn restore(file: &std::path::Path, dir: &std::path::Path) -> Result<u64> {
+        use sha2::{Digest, Sha256};
+        let bytes = std::fs::read(file)
+            .map_err(|e| Error::Unavailable(format!("cannot read {}: {e}", file.display())))?;
+        let bad = |why: &str| Error::Corrupt(format!("backup {}: {why}", file.display()));
+        if bytes.len() < BACKUP_MAGIC.len() + 1 + 8 + 32 || !bytes.starts_with(BACKUP_MAGIC) {
+            return Err(bad("not a customer-profile backup"));
+        }
+        let (body, digest) = bytes.split_at(bytes.len() - 32);
+        if Sha256::digest(body).as_slice() != digest {
+            return Err(bad("checksum mismatch: the file is damaged or incomplete"));
+        }
+        // Parse everything first.
+        let mut records: Vec<(usize, &[u8], &[u8])> = Vec::new();
+        let mut at = BACKUP_MAGIC.len();
+        let take = |at: &mut usize, n: usize| -> Result<&[u8]> {
+            let end = at
+                .checked_add(n)
+                .filter(|e| *e <= body.len())
+                .ok_or_else(|| bad("truncated record"))?;
+            let out = &body[*at..end];
+            *at = end;
+            Ok(out)
+        };
+        loop {
+            let tag = take(&mut at, 1)?[0];
+            if tag == BACKUP_END {
+                break;
+            }
+            if usize::from(tag) >= TreeName::ALL.len() {
+                return Err(bad("unknown tree"));
+            }
+            let klen = u32::from_be_bytes(take(&mut at, 4)?.try_into().map_err(|_| bad("length"))?)
+                as usize;
+            let k = take(&mut at, klen)?;
+            let vlen = u32::from_be_bytes(take(&mut at, 4)?.try_into().map_err(|_| bad("length"))?)
+                as usize;
+            let v = take(&mut at, vlen)?;
+            records.push((usize::from(tag), k, v));
+        }
+        let count = u64::from_be_bytes(take(&mut at, 8)?.try_into().map_err(|_| bad("count"))?);
+        if count != records.len() as u64 || at != body.len() {
+            return Err(bad("record count does not match"));
+        }
+        if dir.exists()
+            && std::fs::read_dir(dir)
+                .map_err(|e| Error::Unavailable(format!("cannot read {}: {e}", dir.display())))?
+                .next()
+                .is_some()
+        {
+            return Err(Error::Unavailable(format!(
+                "{} is not empty; restore only into an empty data directory",
+                dir.display()
+            )));
+        }
+        let db = sled::Config::new().path(dir).open().map_err(sled_err)?;
+        let trees = TreeName::ALL
+            .iter()
+            .map(|t| db.open_tree(t.name()).map_err(sled_err))
+            .collect::<Result<Vec<_>>>()?;
+        for (t, k, v) in &records {
+            trees[*t].insert(*k, *v).map_err(sled_err)?;
+        }
+        db.flush().map_err(sled_err)?;
+        File::open(dir.join("db"))
+            .and_then(|f| f.sync_all())
+            .map_err(|e| Error::Unavailable(format!("cannot fsync the restored store: {e}")))?;
+        Ok(count)
+    }
+}
+
 type SealedWrites = Vec<Vec<(Vec<u8>, Option<Vec<u8>>)>>;
 /// Data keys created in a transaction, by profile id.
 type NewKeys = Vec<([u8; 16], Key)>;

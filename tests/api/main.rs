@@ -24,6 +24,7 @@
 
 mod audit;
 mod auth;
+mod backup;
 mod changes;
 mod concurrency;
 mod consent;

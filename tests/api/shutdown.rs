@@ -29,6 +29,16 @@ struct Server {
     metrics_port: u16,
 }
 
+impl Drop for Server {
+    /// A failed test never leaves a server running.
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 fn start(dir: &std::path::Path) -> Server {
     let (port, metrics_port) = (free_port(), free_port());
     let child = Command::new(env!("CARGO_BIN_EXE_customer-profile"))
