@@ -182,9 +182,11 @@ async fn authorisation_matrix_over_every_rpc() {
         let others: Vec<Scope> = Scope::ALL.into_iter().filter(|x| *x != s).collect();
         ps.add(&format!("all-but-{}", s.name()), &others, &["*"], None);
     }
+    ps.add("admin", &Scope::ALL, &["*"], None);
     let config = ps.config.clone();
     let app = TestApp::spawn_with(move |c: &mut Config| c.auth.principals = config.clone()).await;
     let ch = channel(&app).await;
+    let fx = fixtures(&mut clients(&ch, ps.token("admin"))).await;
     for (path, streaming) in every_rpc() {
         let scope = scope_of(&path);
         assert_eq!(
@@ -204,15 +206,10 @@ async fn authorisation_matrix_over_every_rpc() {
             "{path} without {}",
             scope.name()
         );
-        // With the scope the request reaches the handler: an empty request is then judged on
-        // its content (INVALID_ARGUMENT for most), never refused by the auth layer.
+        // With exactly that scope, a valid request succeeds.
         let right = ps.token(&format!("only-{}", scope.name())).to_string();
-        let code = call(&ch, &path, streaming, Some(&right), Vec::new()).await;
-        assert!(
-            !matches!(code, Code::Unauthenticated | Code::PermissionDenied),
-            "{path} with {}: {code:?}",
-            scope.name()
-        );
+        let code = call(&ch, &path, streaming, Some(&right), valid_body(&path, &fx)).await;
+        assert_eq!(code, Code::Ok, "{path} with only {}", scope.name());
     }
     // Health stays public (probes); an unknown method is refused for everyone.
     let health = pb_health_check(&ch).await;
@@ -229,6 +226,191 @@ async fn authorisation_matrix_over_every_rpc() {
         .await,
         Code::PermissionDenied
     );
+}
+
+/// Profiles and a merge prepared by an admin, so every RPC has a valid request.
+struct Fixtures {
+    p1: String,
+    p2: String,
+    p3: String,
+    erase_me: String,
+    merge_to_undo: String,
+}
+
+async fn fixtures(admin: &mut Clients) -> Fixtures {
+    let p1 = create(admin, "m1@auth.example").await;
+    let p2 = create(admin, "m2@auth.example").await;
+    let p3 = create(admin, "m3@auth.example").await;
+    let erase_me = create(admin, "m4@auth.example").await;
+    let a = create(admin, "m5@auth.example").await;
+    let b = create(admin, "m6@auth.example").await;
+    admin
+        .identity
+        .link_identifier(pb::LinkIdentifierRequest {
+            profile: Some(by_id(&p1)),
+            identifier: Some(loyalty_card("LC-UNLINK-1")),
+            source: "test".into(),
+            request_id: String::new(),
+        })
+        .await
+        .expect("link");
+    let merged = admin
+        .identity
+        .merge_profiles(pb::MergeProfilesRequest {
+            profiles: vec![by_id(&a), by_id(&b)],
+            reason: "test".into(),
+            source: "test".into(),
+            request_id: String::new(),
+        })
+        .await
+        .expect("merge")
+        .into_inner();
+    Fixtures {
+        p1,
+        p2,
+        p3,
+        erase_me,
+        merge_to_undo: merged.merges[0].merge_id.clone(),
+    }
+}
+
+/// A valid request for each RPC of the contract.
+fn valid_body(path: &str, fx: &Fixtures) -> Vec<u8> {
+    let p1 = || Some(by_id(&fx.p1));
+    let method = path.rsplit('/').next().expect("method");
+    match method {
+        "Resolve" => resolve_body("matrix.new@auth.example"),
+        "LookupProfileIds" => pb::LookupProfileIdsRequest {
+            identifiers: vec![email("m1@auth.example")],
+        }
+        .encode_to_vec(),
+        "LinkIdentifier" => pb::LinkIdentifierRequest {
+            profile: p1(),
+            identifier: Some(phone("+447700900444")),
+            source: "test".into(),
+            request_id: String::new(),
+        }
+        .encode_to_vec(),
+        "UnlinkIdentifier" => pb::UnlinkIdentifierRequest {
+            profile: p1(),
+            identifier: Some(loyalty_card("LC-UNLINK-1")),
+            request_id: String::new(),
+        }
+        .encode_to_vec(),
+        "MergeProfiles" => pb::MergeProfilesRequest {
+            profiles: vec![by_id(&fx.p2), by_id(&fx.p3)],
+            reason: "test".into(),
+            source: "test".into(),
+            request_id: String::new(),
+        }
+        .encode_to_vec(),
+        "UnmergeProfiles" => pb::UnmergeProfilesRequest {
+            merge_id: fx.merge_to_undo.clone(),
+            reason: "test".into(),
+            source: "test".into(),
+            request_id: String::new(),
+        }
+        .encode_to_vec(),
+        "ListMerges" => pb::ListMergesRequest { profile: p1() }.encode_to_vec(),
+        "GetProfile" => pb::GetProfileRequest {
+            profile: p1(),
+            ..Default::default()
+        }
+        .encode_to_vec(),
+        "BatchGetProfiles" => pb::BatchGetProfilesRequest {
+            profiles: vec![by_id(&fx.p1)],
+            read_mask: None,
+        }
+        .encode_to_vec(),
+        "UpdateProfile" => {
+            let mut r = update_request(
+                by_id(&fx.p1),
+                pb::ProfileAttributes {
+                    city: Some("York".into()),
+                    ..Default::default()
+                },
+                &["attributes.city"],
+                START,
+            );
+            r.source = "test".into();
+            r.encode_to_vec()
+        }
+        "GetProfileHistory" => pb::GetProfileHistoryRequest {
+            profile: p1(),
+            ..Default::default()
+        }
+        .encode_to_vec(),
+        "WatchChanges" => pb::WatchChangesRequest { from_sequence: 0 }.encode_to_vec(),
+        "SearchProfiles" => pb::SearchProfilesRequest::default().encode_to_vec(),
+        "CountProfiles" => pb::CountProfilesRequest::default().encode_to_vec(),
+        "RecordInteraction" => pb::RecordInteractionRequest {
+            profile: p1(),
+            interaction: Some(interaction(
+                pb::Channel::Web,
+                pb::Direction::Inbound,
+                "web",
+                "visit",
+            )),
+            request_id: String::new(),
+        }
+        .encode_to_vec(),
+        "RecordInteractions" => pb::RecordInteractionsRequest {
+            requests: vec![pb::RecordInteractionRequest {
+                profile: p1(),
+                interaction: Some(interaction(
+                    pb::Channel::Web,
+                    pb::Direction::Inbound,
+                    "web",
+                    "visit",
+                )),
+                request_id: String::new(),
+            }],
+        }
+        .encode_to_vec(),
+        "ListInteractions" => pb::ListInteractionsRequest {
+            profile: p1(),
+            ..Default::default()
+        }
+        .encode_to_vec(),
+        "RecordConsent" => pb::RecordConsentRequest {
+            profile: p1(),
+            consent: Some(pb::ConsentRecord {
+                purpose: pb::Purpose::Marketing as i32,
+                channel: pb::Channel::Email as i32,
+                decision: pb::ConsentDecision::Granted as i32,
+                source: "test".into(),
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        }
+        .encode_to_vec(),
+        "GetConsents" => pb::GetConsentsRequest { profile: p1() }.encode_to_vec(),
+        "SetPreferences" => pb::SetPreferencesRequest {
+            profile: p1(),
+            preferences: Some(pb::Preferences {
+                language: "en-GB".into(),
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        }
+        .encode_to_vec(),
+        "CheckContact" => pb::CheckContactRequest {
+            profile: p1(),
+            channel: pb::Channel::Email as i32,
+            purpose: pb::Purpose::Service as i32,
+            ..Default::default()
+        }
+        .encode_to_vec(),
+        "ExportCustomer" => pb::ExportCustomerRequest { profile: p1() }.encode_to_vec(),
+        "EraseCustomer" => pb::EraseCustomerRequest {
+            profile: Some(by_id(&fx.erase_me)),
+            reason: "test".into(),
+            request_id: String::new(),
+        }
+        .encode_to_vec(),
+        "Backup" => pb::BackupRequest {}.encode_to_vec(),
+        other => panic!("no valid request for {other}: add one here"),
+    }
 }
 
 async fn pb_health_check(ch: &GrpcChannel) -> Code {
