@@ -192,6 +192,13 @@ pub struct AuthService<S> {
 
 /// Counts a finished call.
 fn observe(metrics: Option<&Arc<Metrics>>, method: &str, code: &str, started: std::time::Instant) {
+    // One line per call: method, status and latency; never a personal value.
+    tracing::info!(
+        method,
+        code,
+        latency_us = started.elapsed().as_micros() as u64,
+        "grpc call"
+    );
     if let Some(m) = metrics {
         m.counter("grpc_requests_total", &[("method", method), ("code", code)])
             .increment(1);
