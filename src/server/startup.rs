@@ -143,6 +143,11 @@ impl Application {
         self.addr
     }
 
+    /// The store (fault drills and tests).
+    pub fn store(&self) -> Arc<SledStore> {
+        self.store.clone()
+    }
+
     /// Where `/metrics` is served, when enabled.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics_listener
@@ -181,6 +186,28 @@ impl Application {
             .build_v1alpha()?;
 
         let pruner = tokio::spawn(prune_loop(core.clone(), config.clone()));
+        // A storage fault takes the service out of rotation: health turns NOT_SERVING.
+        let fault_watch = {
+            let health = health.clone();
+            let mut durable = core.store.watch_durable();
+            tokio::spawn(async move {
+                loop {
+                    let fault = durable.borrow().fault.clone();
+                    if let Some(reason) = fault {
+                        tracing::error!(%reason, "storage fault: health NOT_SERVING");
+                        for name in SERVICES.into_iter().chain([""]) {
+                            health
+                                .set_service_status(name, ServingStatus::NotServing)
+                                .await;
+                        }
+                        return;
+                    }
+                    if durable.changed().await.is_err() {
+                        return;
+                    }
+                }
+            })
+        };
         let health_server = health_listener.map(|l| {
             let mut stop = core.shutdown.clone();
             let svc = health_service.clone();
@@ -259,6 +286,7 @@ impl Application {
 
         pruner.abort();
         let _ = pruner.await;
+        fault_watch.abort();
         if let Some(m) = metrics_server {
             let _ = m.await;
         }

@@ -62,6 +62,17 @@ impl GroupCommit {
         })
     }
 
+    /// Marks the store faulted, exactly as a failed flush does (fault drills and tests).
+    pub fn fail(&self, reason: &str) {
+        tracing::error!(
+            reason,
+            "storage fault declared; the store no longer acknowledges writes"
+        );
+        self.shared
+            .durable
+            .send_modify(|d| d.fault = Some(reason.to_string()));
+    }
+
     /// Asks for durability up to `commit` (and change sequence `change_seq`).
     pub fn request(&self, commit: u64, change_seq: u64) {
         let mut r = self.shared.requested.lock();

@@ -284,6 +284,12 @@ impl SledStore {
         self.db.size_on_disk().map_err(sled_err)
     }
 
+    /// Declares a storage fault, as a failed flush would: writes are refused with UNAVAILABLE,
+    /// reads go on, health turns NOT_SERVING (fault drills and tests).
+    pub fn declare_fault(&self, reason: &str) {
+        self.group.fail(reason);
+    }
+
     /// Number of flushes so far.
     pub fn flushes(&self) -> u64 {
         self.group.flushes()

@@ -30,6 +30,7 @@ mod concurrency;
 mod consent;
 mod contact;
 mod encryption;
+mod faults;
 mod helpers;
 mod identity;
 mod interactions;
