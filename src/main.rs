@@ -163,11 +163,14 @@ async fn run() -> anyhow::Result<()> {
         overrides.data_dir = data_dir.clone().unwrap_or(overrides.data_dir);
     }
     let config = Config::load(&cli.config, &overrides)?;
-    telemetry::init(&config.log);
+    let telemetry = telemetry::init(&config.log);
     let app = Application::build(config, Arc::new(SystemClock)).await?;
-    app.run_until(shutdown_signal())
+    let result = app
+        .run_until(shutdown_signal())
         .await
-        .context("server failed")
+        .context("server failed");
+    telemetry.shutdown();
+    result
 }
 
 /// Streams a backup from `server` into `out` (written to a temporary name, then renamed, so

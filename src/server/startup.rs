@@ -256,7 +256,7 @@ impl Application {
             builder = builder.tls_config(tls_server_config(tls)?)?;
         }
         let serve = builder
-            .trace_fn(|req| tracing::info_span!("grpc", method = %req.uri().path()))
+            .trace_fn(super::telemetry::call_span)
             .layer(AuthLayer {
                 auth: core.auth.clone(),
                 audit: Some(core.audit.clone()),

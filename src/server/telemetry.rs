@@ -1,18 +1,106 @@
-//! Logging set-up: structured `tracing` output, pretty or JSON.
+//! Logging and tracing: structured `tracing` output, pretty or JSON; when
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` is set, spans are also exported over OTLP/gRPC, and an
+//! incoming W3C `traceparent` makes the call's span part of the caller's trace.
 
+use opentelemetry::propagation::{Extractor, TextMapPropagator};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 use super::config::{LogConfig, LogFormat};
 
-/// Installs the global subscriber (once; later calls are ignored, as in tests).
-pub fn init(config: &LogConfig) {
+/// Keeps the OTLP exporter alive; [`Telemetry::shutdown`] flushes what is buffered.
+#[derive(Debug, Default)]
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Exports every buffered span (call before exit).
+    pub fn shutdown(self) {
+        if let Some(p) = self.provider {
+            if let Err(e) = p.shutdown() {
+                tracing::warn!(error = %e, "exporting the last spans failed");
+            }
+        }
+    }
+}
+
+/// Installs the global subscriber (once; later calls are ignored, as in tests). Must run inside
+/// a tokio runtime when OTLP export is on.
+pub fn init(config: &LogConfig) -> Telemetry {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.filter));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let provider = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .ok()
+        .filter(|e| !e.trim().is_empty())
+        .and_then(|endpoint| {
+            let exporter = opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .with_endpoint(endpoint)
+                .build()
+                .map_err(|e| {
+                    // The subscriber is not installed yet.
+                    let _ = std::io::Write::write_all(
+                        &mut std::io::stderr(),
+                        format!("OTLP exporter disabled: {e}\n").as_bytes(),
+                    );
+                })
+                .ok()?;
+            Some(
+                SdkTracerProvider::builder()
+                    .with_batch_exporter(exporter)
+                    .with_resource(
+                        opentelemetry_sdk::Resource::builder()
+                            .with_service_name("customer-profile")
+                            .build(),
+                    )
+                    .build(),
+            )
+        });
+    let otel = provider
+        .as_ref()
+        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("customer-profile")));
+    let registry = tracing_subscriber::registry().with(filter).with(otel);
     let _ = match config.format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Pretty => builder.try_init(),
+        LogFormat::Json => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(std::io::stderr),
+            )
+            .try_init(),
+        LogFormat::Pretty => registry
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .try_init(),
     };
+    Telemetry { provider }
+}
+
+struct Headers<'a>(&'a http::HeaderMap);
+
+impl Extractor for Headers<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
+
+/// The span of one gRPC call: named by its method, child of the caller's trace when the
+/// request carries a W3C `traceparent`.
+pub fn call_span<B>(req: &http::Request<B>) -> tracing::Span {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let span = tracing::info_span!("grpc", method = %req.uri().path(), otel.kind = "server");
+    if req.headers().contains_key("traceparent") {
+        let cx = TraceContextPropagator::new().extract(&Headers(req.headers()));
+        let _ = span.set_parent(cx);
+    }
+    span
 }

@@ -45,5 +45,6 @@ mod segments;
 mod shutdown;
 mod summary;
 mod tls;
+mod tracing;
 mod updates;
 mod validation;
