@@ -192,13 +192,12 @@ pub struct AuthService<S> {
 
 /// Counts a finished call.
 fn observe(metrics: Option<&Arc<Metrics>>, method: &str, code: &str, started: std::time::Instant) {
-    // One line per call: method, status and latency; never a personal value.
-    tracing::info!(
-        method,
-        code,
-        latency_us = started.elapsed().as_micros() as u64,
-        "grpc call"
-    );
+    // The call's span gets its status and latency; one line per call; never a personal value.
+    let latency_us = started.elapsed().as_micros() as u64;
+    let span = tracing::Span::current();
+    span.record("code", code);
+    span.record("latency_us", latency_us);
+    tracing::info!(method, code, latency_us, "grpc call");
     if let Some(m) = metrics {
         m.counter("grpc_requests_total", &[("method", method), ("code", code)])
             .increment(1);

@@ -97,7 +97,13 @@ impl Extractor for Headers<'_> {
 /// request carries a W3C `traceparent`.
 pub fn call_span<B>(req: &http::Request<B>) -> tracing::Span {
     use tracing_opentelemetry::OpenTelemetrySpanExt;
-    let span = tracing::info_span!("grpc", method = %req.uri().path(), otel.kind = "server");
+    let span = tracing::info_span!(
+        "grpc",
+        method = %req.uri().path(),
+        otel.kind = "server",
+        code = tracing::field::Empty,
+        latency_us = tracing::field::Empty,
+    );
     if req.headers().contains_key("traceparent") {
         let cx = TraceContextPropagator::new().extract(&Headers(req.headers()));
         let _ = span.set_parent(cx);

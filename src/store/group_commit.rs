@@ -32,6 +32,7 @@ struct Shared {
     stop: AtomicBool,
     durable: watch::Sender<Durable>,
     flushes: AtomicU64,
+    flush_micros: AtomicU64,
 }
 
 /// Handle to the flusher thread.
@@ -51,6 +52,7 @@ impl GroupCommit {
             stop: AtomicBool::new(false),
             durable: tx,
             flushes: AtomicU64::new(0),
+            flush_micros: AtomicU64::new(0),
         });
         let worker = shared.clone();
         let thread = std::thread::Builder::new()
@@ -90,6 +92,11 @@ impl GroupCommit {
     /// Number of flushes done (for metrics: commits per flush).
     pub fn flushes(&self) -> u64 {
         self.shared.flushes.load(Ordering::Relaxed)
+    }
+
+    /// Time spent flushing (sled flush + fdatasync) so far, microseconds.
+    pub fn flush_micros(&self) -> u64 {
+        self.shared.flush_micros.load(Ordering::Relaxed)
     }
 
     /// Flushes what is pending and stops the thread.
@@ -133,11 +140,15 @@ fn run(shared: Arc<Shared>, db: sled::Db, log_file: File) {
         let Some((commit, change_seq)) = target else {
             return;
         };
+        let started = std::time::Instant::now();
         let result = db
             .flush()
             .map_err(|e| e.to_string())
             .and_then(|_| log_file.sync_data().map_err(|e| e.to_string()));
         shared.flushes.fetch_add(1, Ordering::Relaxed);
+        shared
+            .flush_micros
+            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         match result {
             Ok(()) => {
                 shared.durable.send_modify(|d| {

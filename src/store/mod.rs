@@ -65,6 +65,8 @@ pub struct StoreStats {
     pub commits: u64,
     /// Flushes (fsyncs) since start: commits / flushes = writes per fsync.
     pub flushes: u64,
+    /// Time spent in flushes since start, microseconds.
+    pub flush_micros: u64,
 }
 
 impl dyn Store {

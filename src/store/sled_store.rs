@@ -1217,6 +1217,7 @@ impl Store for SledStore {
             size_on_disk: self.size_on_disk().unwrap_or(0),
             commits: self.writer.lock().commit,
             flushes: self.flushes(),
+            flush_micros: self.group.flush_micros(),
         }
     }
 
