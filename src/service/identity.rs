@@ -68,6 +68,11 @@ impl IdentityService for IdentityApi {
                 |r| convert::resolution_out(&r),
             )
             .await?;
+        if reply.outcome == pb::ResolveOutcome::Created as i32 {
+            core.metrics
+                .counter("profiles_created_total", &[])
+                .increment(1);
+        }
         Ok(audited_reply(reply))
     }
 
