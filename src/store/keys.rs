@@ -5,8 +5,8 @@
 //! |-------------------------|--------------------------------------------------|----------------------|
 //! | `meta`                  | ASCII name (`schema_version`, `last_change_seq`…) | u64 BE               |
 //! | `profiles`              | profile id (16)                                  | `ProfileRecord`      |
-//! | `identifier_to_profile` | identifier key (see [`identifier`])              | `IdentifierLink`     |
-//! | `profile_identifiers`   | origin profile id (16) ++ identifier key         | `IdentifierLink`     |
+//! | `identifier_to_profile` | HMAC of the identifier key (see [`identifier`])  | `IdentifierLink` (sealed) |
+//! | `profile_identifiers`   | origin profile id (16) ++ HMAC of identifier key | `IdentifierLink` (sealed) |
 //! | `merges`                | merge id (16)                                    | `MergeRecord`        |
 //! | `profile_merges`        | profile id (16) ++ merge id (16)                 | empty                |
 //! | `attribute_history`     | origin profile id (16) ++ write_seq (8)          | `HistoryEntry`       |
@@ -19,14 +19,16 @@
 //! | `summaries`             | profile id (16)                                  | `Summary`            |
 //! | `sent_messages`         | origin profile id (16) ++ message key            | `Timestamp` (last sent) |
 //! | `segment_terms`         | live profile id (16)                             | `Vec<IndexTerm>`     |
-//! | `segment_index`         | term (see [`index_term`]) ++ live profile id (16) | empty               |
+//! | `segment_index`         | term (attribute terms and range buckets as HMACs, see `sled_store::term_entries`) ++ live profile id (16) | empty |
 //! | `erased`                | profile id (16)                                  | `Timestamp` (erased at) |
 //! | `data_keys`             | profile id (16)                                  | data key sealed under the master key |
 //! | `interaction_index`     | see [`interaction_index`]: type (+ attribute) ++ occurred_at ++ origin ++ id | empty |
 //!
-//! Values are encoded by `codec` (format version byte first).
+//! Values are encoded by `codec` (format version byte first) and, in the trees holding
+//! personal data, sealed by `crypto` at commit. Keys that would hold personal values are keyed
+//! hashes computed by the store from the plaintext layouts here.
 
-use crate::domain::identifier::{Identifier, IdentifierKind};
+use crate::domain::identifier::Identifier;
 use crate::domain::ids::{InteractionId, MergeId, ProfileId};
 use crate::domain::segments::{IndexTerm, IndexValue};
 use crate::domain::time::Timestamp;
@@ -170,24 +172,6 @@ pub fn identifier(id: &Identifier) -> Vec<u8> {
     k
 }
 
-/// Decodes an identifier key (used by consistency checks and tools).
-pub fn parse_identifier(key: &[u8]) -> Result<Identifier> {
-    let corrupt = || Error::Corrupt("malformed identifier key".into());
-    let (&code, rest) = key.split_first().ok_or_else(corrupt)?;
-    let kind = IdentifierKind::from_code(code).ok_or_else(corrupt)?;
-    let sep = rest.iter().position(|b| *b == 0).ok_or_else(corrupt)?;
-    let ns = std::str::from_utf8(&rest[..sep]).map_err(|_| corrupt())?;
-    let value = std::str::from_utf8(&rest[sep + 1..]).map_err(|_| corrupt())?;
-    Identifier::from_stored(kind, ns, value)
-}
-
-/// Profile id ++ identifier key.
-pub fn profile_identifier(profile: ProfileId, id: &Identifier) -> Vec<u8> {
-    let mut k = profile.as_bytes().to_vec();
-    k.extend_from_slice(&identifier(id));
-    k
-}
-
 /// Merge id.
 pub fn merge(id: MergeId) -> [u8; 16] {
     *id.as_bytes()
@@ -321,13 +305,6 @@ pub fn index_term(t: &IndexTerm) -> Vec<u8> {
         IndexTerm::Kind(kind) => vec![b'k', kind.code()],
         IndexTerm::Grant(p, c) => vec![b'g', *p as u8, *c as u8],
     }
-}
-
-/// Term ++ profile id.
-pub fn index_entry(t: &IndexTerm, profile: ProfileId) -> Vec<u8> {
-    let mut k = index_term(t);
-    k.extend_from_slice(profile.as_bytes());
-    k
 }
 
 /// The bucket of a value for range scans over hashed index terms (ordered like the values):
@@ -475,13 +452,6 @@ mod tests {
             assert!(time_bytes(Timestamp(w[0])) < time_bytes(Timestamp(w[1])));
             assert_eq!(time_from(time_bytes(Timestamp(w[0]))), Timestamp(w[0]));
         }
-    }
-
-    #[test]
-    fn identifier_keys_round_trip() -> Result<()> {
-        let id = Identifier::parse(IdentifierKind::External, "crm", "A\u{e9}1")?;
-        assert_eq!(parse_identifier(&identifier(&id))?, id);
-        Ok(())
     }
 
     #[test]
