@@ -147,12 +147,10 @@ fn load(
 ) -> Result<Customer> {
     let tree = MergeTree::load(view, root)?;
     let prefs = preferences_of(view, &tree)?.unwrap_or_default();
-    let mut summary = Summary::default();
+    let summary =
+        super::summary::combined(view, tree.nodes.iter().map(|n| n.record.id), &rules.summary)?;
     let mut last_sent: Option<Timestamp> = None;
     for n in &tree.nodes {
-        if let Some(s) = view.summary(n.record.id)? {
-            summary.combine(&s, &rules.summary);
-        }
         if let Some(k) = message_key {
             if let Some(t) = view.message_sent(n.record.id, k)? {
                 last_sent = last_sent.max(Some(t));

@@ -81,12 +81,7 @@ pub fn summary_view(
     policy: &SummaryPolicy,
     now: Timestamp,
 ) -> Result<SummaryView> {
-    let mut s = Summary::default();
-    for m in members {
-        if let Some(x) = view.summary(m.id)? {
-            s.combine(&x, policy);
-        }
-    }
+    let s = super::summary::combined(view, members.iter().map(|m| m.id), policy)?;
     Ok(SummaryView {
         engagement: s.engagement.at(now, policy.engagement_half_life),
         pressure: s.pressure.at(now, policy.pressure_half_life),

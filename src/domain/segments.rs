@@ -405,15 +405,12 @@ impl Subject<'_> {
             } => {
                 if self.summary.is_none() {
                     let view = self.view;
-                    let mut s = Summary::default();
-                    for m in self.members()?.clone() {
-                        if let Some(x) = view.summary(m.id)? {
-                            s.combine(&x, &rules.summary);
-                        }
-                    }
-                    self.summary = Some(s);
+                    let ids: Vec<ProfileId> = self.members()?.iter().map(|m| m.id).collect();
+                    self.summary = Some(super::summary::combined(view, ids, &rules.summary)?);
                 }
-                let s = self.summary.clone().unwrap_or_default();
+                let Some(s) = &self.summary else {
+                    return Ok(false);
+                };
                 let v = match score {
                     ScoreKind::Engagement => {
                         s.engagement.at(now, rules.summary.engagement_half_life)
@@ -534,7 +531,8 @@ pub fn count(view: &dyn ReadView, f: &Filter, rules: &Rules, now: Timestamp) -> 
 
 /// The terms a live profile should be indexed under.
 fn terms_of(view: &dyn ReadView, root: &ProfileRecord) -> Result<Vec<IndexTerm>> {
-    let ms = members(view, root)?;
+    let tree = MergeTree::load(view, root)?;
+    let ms: Vec<ProfileRecord> = tree.nodes.iter().map(|n| n.record.clone()).collect();
     let mut terms = Vec::new();
     for (path, v) in combine(ms.iter().map(|m| &m.attributes)) {
         if let Some(value) = &v.value {
@@ -549,7 +547,7 @@ fn terms_of(view: &dyn ReadView, root: &ProfileRecord) -> Result<Vec<IndexTerm>>
         .map(|l| l.identifier.kind())
         .collect();
     terms.extend(kinds.into_iter().map(IndexTerm::Kind));
-    let consents = Consents::load(view, MergeTree::load(view, root)?)?;
+    let consents = Consents::load(view, tree)?;
     terms.extend(
         consents
             .granted_pairs()

@@ -315,6 +315,21 @@ impl Summary {
     }
 }
 
+/// The summary of a merge tree: the per-profile summaries of `members` combined.
+pub fn combined(
+    view: &dyn super::ports::ReadView,
+    members: impl IntoIterator<Item = super::ids::ProfileId>,
+    policy: &SummaryPolicy,
+) -> crate::error::Result<Summary> {
+    let mut s = Summary::default();
+    for id in members {
+        if let Some(x) = view.summary(id)? {
+            s.combine(&x, policy);
+        }
+    }
+    Ok(s)
+}
+
 /// Spend in billionths as (units, nanos) with the same sign.
 pub fn money_parts(total: i128) -> (i64, i32) {
     let units = total / 1_000_000_000;

@@ -84,6 +84,31 @@ fn effect(s: &ConsentState) -> Option<bool> {
     }
 }
 
+/// Merges the trees of `a` and `b`; returns the merge id.
+fn merge(
+    store: &dyn Store,
+    a: ProfileId,
+    b: ProfileId,
+    policy: &IdentityPolicy,
+    now: Timestamp,
+) -> Result<crate::domain::ids::MergeId> {
+    let mut merged = None;
+    store.write(&mut |tx| {
+        merged = Some(identity::merge_profiles(
+            tx,
+            &[ProfileKey::Id(a), ProfileKey::Id(b)],
+            policy,
+            "t",
+            "test",
+            now,
+        )?);
+        Ok(())
+    })?;
+    merged
+        .and_then(|m| m.merges.first().map(|r| r.id))
+        .ok_or_else(|| Error::Unavailable("no merge".into()))
+}
+
 fn run(ops: Vec<Op>) -> Result<()> {
     let dir = tempfile::tempdir().map_err(|e| Error::Unavailable(e.to_string()))?;
     let store: Arc<dyn Store> = Arc::new(SledStore::open(&StoreOptions {
@@ -159,19 +184,7 @@ fn run(ops: Vec<Op>) -> Result<()> {
                 }
                 let before_a = store.read_with(|v| states(v, pa, now))?;
                 let before_b = store.read_with(|v| states(v, pb, now))?;
-                let mut merged = None;
-                store.write(&mut |tx| {
-                    merged = Some(identity::merge_profiles(
-                        tx,
-                        &[ProfileKey::Id(pa), ProfileKey::Id(pb)],
-                        &id_policy,
-                        "t",
-                        "test",
-                        now,
-                    )?);
-                    Ok(())
-                })?;
-                let merged = merged.ok_or_else(|| Error::Unavailable("no merge".into()))?;
+                let m = merge(&*store, pa, pb, &id_policy, now)?;
                 let joined = store.read_with(|v| states(v, pa, now))?;
                 for i in 0..PAIRS.len() {
                     let (x, y) = (effect(&before_a[i]), effect(&before_b[i]));
@@ -189,28 +202,13 @@ fn run(ops: Vec<Op>) -> Result<()> {
                         _ => assert_eq!(effect(&joined[i]), x),
                     }
                 }
-                let m = merged.merges[0].id;
                 // Undo at once: both sides exactly as before.
                 store.write(&mut |tx| identity::unmerge(tx, m, "t", "test", now).map(|_| ()))?;
                 assert_eq!(store.read_with(|v| states(v, pa, now))?, before_a);
                 assert_eq!(store.read_with(|v| states(v, pb, now))?, before_b);
                 if keep {
                     now = now.plus_secs(1);
-                    let mut again = None;
-                    store.write(&mut |tx| {
-                        again = Some(identity::merge_profiles(
-                            tx,
-                            &[ProfileKey::Id(pa), ProfileKey::Id(pb)],
-                            &id_policy,
-                            "t",
-                            "test",
-                            now,
-                        )?);
-                        Ok(())
-                    })?;
-                    if let Some(again) = again {
-                        merges.push((again.merges[0].id, pa, pb));
-                    }
+                    merges.push((merge(&*store, pa, pb, &id_policy, now)?, pa, pb));
                 }
             }
             Op::Unmerge { merge } if !merges.is_empty() => {
