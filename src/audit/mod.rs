@@ -78,10 +78,28 @@ struct Chain {
     prev: String,
 }
 
+impl Chain {
+    /// The next entry of the chain.
+    fn link(&mut self, at: i64, access: Access) -> Stored {
+        let entry = Entry {
+            seq: self.seq + 1,
+            at,
+            principal: access.principal,
+            method: access.method,
+            profiles: access.profiles,
+            outcome: access.outcome,
+            prev: std::mem::take(&mut self.prev),
+        };
+        let hash = hash_of(&entry);
+        self.seq = entry.seq;
+        self.prev = hash.clone();
+        Stored { entry, hash }
+    }
+}
+
 /// The audit log of one data directory.
 pub struct AuditLog {
-    chain: Mutex<Chain>,
-    queue: Mutex<Option<mpsc::Sender<Stored>>>,
+    queue: Mutex<Option<mpsc::Sender<(i64, Access)>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
     clock: std::sync::Arc<dyn Clock>,
 }
@@ -117,36 +135,24 @@ impl AuditLog {
             }
         }
         let file = OpenOptions::new().create(true).append(true).open(&path)?;
-        let (tx, rx) = mpsc::channel::<Stored>();
+        let (tx, rx) = mpsc::channel::<(i64, Access)>();
         let writer = std::thread::Builder::new()
             .name("audit-writer".into())
-            .spawn(move || write_loop(file, rx))?;
+            .spawn(move || write_loop(file, chain, rx))?;
         Ok(AuditLog {
-            chain: Mutex::new(chain),
             queue: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(writer)),
             clock,
         })
     }
 
-    /// Appends an entry (never waits for the disk).
+    /// Appends an entry (never waits for the disk). The time is taken here; the chain (sequence,
+    /// previous hash, own hash) is built by the writer thread in queue order, so the request
+    /// path neither hashes nor serializes nor contends on a chain lock.
     pub fn record(&self, access: Access) {
-        let mut chain = self.chain.lock();
-        let entry = Entry {
-            seq: chain.seq + 1,
-            at: self.clock.now().0,
-            principal: access.principal,
-            method: access.method,
-            profiles: access.profiles,
-            outcome: access.outcome,
-            prev: chain.prev.clone(),
-        };
-        let hash = hash_of(&entry);
-        chain.seq = entry.seq;
-        chain.prev = hash.clone();
-        // Sent under the chain lock, so the file order is the chain order.
+        let at = self.clock.now().0;
         if let Some(q) = self.queue.lock().as_ref() {
-            if q.send(Stored { entry, hash }).is_err() {
+            if q.send((at, access)).is_err() {
                 tracing::error!("audit writer has stopped; an audit entry was not written");
             }
         }
@@ -167,7 +173,7 @@ impl Drop for AuditLog {
     }
 }
 
-fn write_loop(mut file: File, rx: mpsc::Receiver<Stored>) {
+fn write_loop(mut file: File, mut chain: Chain, rx: mpsc::Receiver<(i64, Access)>) {
     let mut open = true;
     while open {
         let mut batch = Vec::new();
@@ -189,6 +195,10 @@ fn write_loop(mut file: File, rx: mpsc::Receiver<Stored>) {
                 }
             }
         }
+        let batch: Vec<Stored> = batch
+            .into_iter()
+            .map(|(at, access)| chain.link(at, access))
+            .collect();
         let mut buf = Vec::new();
         for s in &batch {
             if serde_json::to_writer(&mut buf, s).is_ok() {
