@@ -3,6 +3,7 @@
 
 mod admin;
 mod audit_ids;
+mod bounded_stream;
 mod consent;
 mod contact;
 pub mod convert;
