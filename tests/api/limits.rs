@@ -293,7 +293,7 @@ async fn a_change_stream_consumer_that_stops_reading_is_cut_off_and_told_where_t
     .expect("connect");
     let watch = pb::WatchChangesRequest { from_sequence: 0 };
     let mut slow = ProfileServiceClient::new(slow_channel)
-        .watch_changes(watch.clone())
+        .watch_changes(watch)
         .await
         .expect("slow watch")
         .into_inner();
