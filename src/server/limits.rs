@@ -44,6 +44,7 @@ pub struct LimitsConfig {
     /// Open server streams (WatchChanges, ExportCustomer, Backup) at once.
     pub max_streams: usize,
     /// Cap on a call's duration, seconds; the caller's `grpc-timeout` applies when shorter.
+    /// Keep it above `shutdown.grace_secs`, or draining calls are cut by this cap instead.
     pub max_request_secs: u64,
     /// Largest request message, bytes (SPEC: 4 MiB).
     pub max_message_bytes: usize,
@@ -75,7 +76,7 @@ impl Default for LimitsConfig {
         LimitsConfig {
             max_in_flight: 64 * cores,
             max_streams: 256,
-            max_request_secs: 30,
+            max_request_secs: 60,
             max_message_bytes: 4 * 1024 * 1024,
             max_reply_bytes: 64 * 1024 * 1024,
             stream_buffer: 256,

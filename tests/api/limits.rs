@@ -303,7 +303,7 @@ async fn a_change_stream_consumer_that_stops_reading_is_cut_off_and_told_where_t
         .await
         .expect("fast watch")
         .into_inner();
-    let (seen_tx, mut seen_rx) = tokio::sync::watch::channel(0u64);
+    let (seen_tx, seen_rx) = tokio::sync::watch::channel(0u64);
     let reader = tokio::spawn(async move {
         let mut sequences = Vec::new();
         while let Ok(Ok(Some(m))) = tokio::time::timeout(STREAM_TIMEOUT, fast.message()).await {
