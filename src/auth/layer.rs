@@ -190,6 +190,28 @@ pub struct AuthService<S> {
     metrics: Option<Arc<Metrics>>,
 }
 
+/// One call in the `grpc_requests_in_flight` gauge; leaves it however the call ends, also when
+/// its future is dropped (deadline passed, client cancelled).
+struct InFlight(Option<metrics::Gauge>);
+
+impl InFlight {
+    fn enter(metrics: Option<&Arc<Metrics>>) -> InFlight {
+        let gauge = metrics.map(|m| m.gauge("grpc_requests_in_flight", &[]));
+        if let Some(g) = &gauge {
+            g.increment(1.0);
+        }
+        InFlight(gauge)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some(g) = &self.0 {
+            g.decrement(1.0);
+        }
+    }
+}
+
 /// Counts a finished call.
 fn observe(metrics: Option<&Arc<Metrics>>, method: &str, code: &str, started: std::time::Instant) {
     // The call's span gets its status and latency; one line per call; never a personal value.
@@ -249,17 +271,10 @@ where
                     req.extensions_mut().insert(p);
                 }
                 let fut = self.inner.call(req);
-                let in_flight = metrics
-                    .as_ref()
-                    .map(|m| m.gauge("grpc_requests_in_flight", &[]));
-                if let Some(g) = &in_flight {
-                    g.increment(1.0);
-                }
+                let in_flight = InFlight::enter(metrics.as_ref());
                 Box::pin(async move {
                     let result = fut.await;
-                    if let Some(g) = &in_flight {
-                        g.decrement(1.0);
-                    }
+                    drop(in_flight);
                     let resp = result?;
                     let outcome = outcome_of(&resp);
                     observe(metrics.as_ref(), &path, &outcome, started);

@@ -56,6 +56,8 @@ pub struct Config {
     /// A separate plaintext port serving only grpc.health.v1 (for kubelet probes when the
     /// gRPC port uses TLS).
     pub health: HealthConfig,
+    /// Overload protection and input limits (see `server/limits.rs`).
+    pub limits: super::limits::LimitsConfig,
 }
 
 /// The optional health-only port.
@@ -154,6 +156,7 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             shutdown: ShutdownConfig::default(),
             health: HealthConfig::default(),
+            limits: super::limits::LimitsConfig::default(),
         }
     }
 }
@@ -452,7 +455,7 @@ impl Default for LogConfig {
 }
 
 /// The top-level keys of [`Config`], the only ones the environment may set.
-pub const CONFIG_SECTIONS: [&str; 16] = [
+pub const CONFIG_SECTIONS: [&str; 17] = [
     "listen",
     "data_dir",
     "storage",
@@ -469,6 +472,7 @@ pub const CONFIG_SECTIONS: [&str; 16] = [
     "metrics",
     "shutdown",
     "health",
+    "limits",
 ];
 
 /// A configuration error naming the key.
@@ -543,6 +547,8 @@ impl Config {
         }
         self.identity_policy()?;
         self.rules()?;
+        self.limits
+            .validate(self.auth.principals.iter().map(|p| p.name.as_str()))?;
         self.authenticator().map(|_| ())
     }
 

@@ -1,6 +1,7 @@
 //! Running the service: configuration, startup, telemetry.
 
 pub mod config;
+pub mod limits;
 pub mod metrics;
 pub mod startup;
 pub mod telemetry;

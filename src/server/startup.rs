@@ -125,6 +125,7 @@ impl Application {
             rules,
             auth: auth.clone(),
             shutdown: shutdown_rx,
+            limits: config.limits.clone(),
         });
         Ok(Application {
             listener,
@@ -250,28 +251,68 @@ impl Application {
         let grace = Duration::from_secs(config.shutdown.grace_secs);
         let mut stopping = core.shutdown.clone();
         tracing::info!(%addr, data_dir = %config.data_dir.display(), "serving gRPC");
-        // The tower stack: every request passes here (auth, limits and metrics join it).
+        // The tower stack: every request passes here.
         let mut builder = Server::builder();
         if let Some(tls) = &config.tls {
             builder = builder.tls_config(tls_server_config(tls)?)?;
         }
+        // Limits sit inside the auth layer: the principal is known (rate limits), and a shed
+        // call is still counted and audited. Messages are bounded per service; the timeout caps
+        // every call (a shorter `grpc-timeout` from the caller wins) by dropping its future.
+        let limits = &config.limits;
+        let limits_layer = super::limits::LimitsLayer::new(
+            limits,
+            config.auth.principals.iter().map(|p| p.name.as_str()),
+            Some(core.metrics.clone()),
+        );
+        let (max_in, max_out) = (limits.max_message_bytes, limits.max_reply_bytes);
         let serve = builder
+            .timeout(limits.max_request())
             .trace_fn(super::telemetry::call_span)
             .layer(AuthLayer {
                 auth: core.auth.clone(),
                 audit: Some(core.audit.clone()),
                 metrics: Some(core.metrics.clone()),
             })
+            .layer(limits_layer)
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(IdentityServiceServer::new(IdentityApi(core.clone())))
-            .add_service(ProfileServiceServer::new(ProfileApi(core.clone())))
-            .add_service(InteractionServiceServer::new(InteractionApi(core.clone())))
-            .add_service(ConsentServiceServer::new(ConsentApi(core.clone())))
-            .add_service(ContactServiceServer::new(ContactApi(core.clone())))
-            .add_service(PrivacyServiceServer::new(PrivacyApi(core.clone())))
-            .add_service(AdminServiceServer::new(AdminApi(store.clone())))
+            .add_service(
+                IdentityServiceServer::new(IdentityApi(core.clone()))
+                    .max_decoding_message_size(max_in)
+                    .max_encoding_message_size(max_out),
+            )
+            .add_service(
+                ProfileServiceServer::new(ProfileApi(core.clone()))
+                    .max_decoding_message_size(max_in)
+                    .max_encoding_message_size(max_out),
+            )
+            .add_service(
+                InteractionServiceServer::new(InteractionApi(core.clone()))
+                    .max_decoding_message_size(max_in)
+                    .max_encoding_message_size(max_out),
+            )
+            .add_service(
+                ConsentServiceServer::new(ConsentApi(core.clone()))
+                    .max_decoding_message_size(max_in)
+                    .max_encoding_message_size(max_out),
+            )
+            .add_service(
+                ContactServiceServer::new(ContactApi(core.clone()))
+                    .max_decoding_message_size(max_in)
+                    .max_encoding_message_size(max_out),
+            )
+            .add_service(
+                PrivacyServiceServer::new(PrivacyApi(core.clone()))
+                    .max_decoding_message_size(max_in)
+                    .max_encoding_message_size(max_out),
+            )
+            .add_service(
+                AdminServiceServer::new(AdminApi(store.clone()))
+                    .max_decoding_message_size(max_in)
+                    .max_encoding_message_size(max_out),
+            )
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
         // In-flight calls get `shutdown.grace_secs` to finish once stopping begins; then the
         // server stops regardless (the store is still flushed and closed below).

@@ -35,6 +35,9 @@ pub fn path(prefix: &str, field: &str) -> String {
 #[derive(Default)]
 pub struct Violations(Vec<FieldViolation>);
 
+/// Most field violations one error lists.
+pub const MAX_VIOLATIONS: usize = 100;
+
 impl Violations {
     /// Keeps the value, or the violations.
     pub fn check<T>(&mut self, r: Result<T>) -> Option<T> {
@@ -42,6 +45,16 @@ impl Violations {
             Ok(v) => Some(v),
             Err(Error::InvalidArgument(vs)) => {
                 self.0.extend(vs);
+                // A request of a million bad entries must not make a reply as large.
+                if self.0.len() > MAX_VIOLATIONS {
+                    self.0.truncate(MAX_VIOLATIONS);
+                    self.0.push(FieldViolation {
+                        field: String::new(),
+                        description: format!(
+                            "more violations not shown (the first {MAX_VIOLATIONS} are listed)"
+                        ),
+                    });
+                }
                 None
             }
             Err(other) => {

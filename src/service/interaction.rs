@@ -20,6 +20,8 @@ use crate::error::{Error, Result};
 
 /// Most entries in one RecordInteractions.
 pub const MAX_INTERACTION_BATCH: usize = 500;
+/// Most values per ListInteractions filter list (channels, departments, types).
+pub const MAX_FILTER_VALUES: usize = 32;
 /// Idempotency scope shared by RecordInteraction and RecordInteractions, so a retry through
 /// either finds the first answer.
 const SCOPE: &str = "record_interaction";
@@ -184,6 +186,34 @@ impl InteractionService for InteractionApi {
             .as_ref()
             .and_then(|t| v.check(convert::time_in("occurred_before", t)));
         let page_size = v.check(page_size_in(req.page_size, 50, 500));
+        for (field, len) in [
+            ("channels", req.channels.len()),
+            ("departments", req.departments.len()),
+            ("types", req.types.len()),
+        ] {
+            if len > MAX_FILTER_VALUES {
+                v.check::<()>(Err(Error::invalid(
+                    field,
+                    format!("at most {MAX_FILTER_VALUES} values, got {len}"),
+                )));
+            }
+        }
+        for (i, d) in req.departments.iter().enumerate().take(MAX_FILTER_VALUES) {
+            if !crate::domain::interaction::valid_department(d) {
+                v.check::<()>(Err(Error::invalid(
+                    format!("departments[{i}]"),
+                    "1 to 64 characters from [a-z0-9_]",
+                )));
+            }
+        }
+        for (i, t) in req.types.iter().enumerate().take(MAX_FILTER_VALUES) {
+            if !crate::domain::interaction::valid_type(t) {
+                v.check::<()>(Err(Error::invalid(
+                    format!("types[{i}]"),
+                    "1 to 64 characters from [a-z0-9_.]",
+                )));
+            }
+        }
         v.finish()?;
         let (Some(key), Some(page_size)) = (key, page_size) else {
             return Err(Status::internal("validation passed without values"));

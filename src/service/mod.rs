@@ -3,6 +3,7 @@
 
 mod admin;
 mod audit_ids;
+mod bounded_stream;
 mod consent;
 mod contact;
 pub mod convert;
@@ -115,6 +116,8 @@ pub struct Core {
     pub auth: Arc<Authenticator>,
     /// Turns true when the server begins to shut down (ends change streams).
     pub shutdown: watch::Receiver<bool>,
+    /// Stream buffers and stall limit (the rest of `[limits]` is enforced by the tower layer).
+    pub limits: crate::server::limits::LimitsConfig,
 }
 
 impl Core {

@@ -4,9 +4,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use tokio_stream::Stream;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use super::bounded_stream;
 use super::convert::{self, ReadMask, Violations, profile_ref_in, text_in};
 use super::pb::{self, privacy_service_server::PrivacyService};
 use super::rules_convert::consent_out;
@@ -92,7 +92,19 @@ impl PrivacyService for PrivacyApi {
             };
             Ok::<_, Error>((head, history, interactions, ids))
         })?;
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let stall_ms = self.0.limits.stream_stall_ms;
+        // The export is already read into memory; the bound keeps the encoded copies few and
+        // the stall limit frees it when the client stops reading.
+        let (tx, rx) = bounded_stream::channel(
+            4,
+            self.0.limits.stream_stall(),
+            |_: &pb::ExportCustomerResponse| None,
+            move |_| {
+                format!(
+                    "consumer too slow: the export was not read for {stall_ms} ms (limits.stream_stall_ms), so the server ended it; call ExportCustomer again"
+                )
+            },
+        );
         tokio::spawn(async move {
             if tx.send(Ok(head)).await.is_err() {
                 return;
@@ -116,7 +128,7 @@ impl PrivacyService for PrivacyApi {
                 }
             }
         });
-        let stream: ExportStream = Box::pin(ReceiverStream::new(rx));
+        let stream: ExportStream = Box::pin(rx);
         Ok(audited(stream, ids))
     }
 

@@ -4,10 +4,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use tokio_stream::Stream;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::audit_ids::reply as audited_reply;
+use super::bounded_stream::{self, Stop};
 use super::convert::{self, Violations, profile_ref_in, read_mask_in, text_in};
 use super::identity::MAX_BATCH;
 use super::pb::{self, profile_service_server::ProfileService};
@@ -22,8 +22,6 @@ use crate::error::Error;
 
 /// Events read from the store per round of a change stream.
 const WATCH_CHUNK: usize = 256;
-/// Events buffered per change stream before the reader waits for the client.
-const WATCH_BUFFER: usize = 256;
 
 /// ProfileService over the core.
 pub struct ProfileApi(pub Arc<Core>);
@@ -252,7 +250,23 @@ impl ProfileService for ProfileApi {
             ))
             .into());
         }
-        let (tx, rx) = tokio::sync::mpsc::channel(WATCH_BUFFER);
+        let stall = core.limits.stream_stall();
+        let stall_ms = core.limits.stream_stall_ms;
+        let (tx, rx) = bounded_stream::channel(
+            core.limits.stream_buffer,
+            stall,
+            |r: &pb::WatchChangesResponse| r.event.as_ref().map(|e| e.sequence),
+            move |last| {
+                format!(
+                    "consumer too slow: the change stream was not read for {stall_ms} ms with its buffer full (limits.stream_stall_ms), so the server ended it; resume with from_sequence = {}",
+                    last.unwrap_or(from)
+                )
+            },
+        );
+        let too_slow = core.metrics.counter(
+            "stream_consumers_too_slow_total",
+            &[("method", "WatchChanges")],
+        );
         let subscribers = core.metrics.gauge("change_feed_subscribers", &[]);
         subscribers.increment(1.0);
         tokio::spawn(async move {
@@ -294,14 +308,18 @@ impl ProfileService for ProfileApi {
                 for mut e in events {
                     cursor = e.sequence;
                     e.paths.retain(|p| caller.visible.changed_path(p));
-                    if tx
+                    let sent = tx
                         .send(Ok(pb::WatchChangesResponse {
                             event: Some(convert::change_out(&e)),
                         }))
-                        .await
-                        .is_err()
-                    {
-                        return;
+                        .await;
+                    match sent {
+                        Ok(()) => {}
+                        Err(Stop::TooSlow) => {
+                            too_slow.increment(1);
+                            return;
+                        }
+                        Err(Stop::Gone) => return,
                     }
                 }
                 if *shutdown.borrow() {
@@ -309,7 +327,7 @@ impl ProfileService for ProfileApi {
                 }
             }
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(rx)))
     }
 
     async fn search_profiles(

@@ -34,6 +34,7 @@ mod faults;
 mod helpers;
 mod identity;
 mod interactions;
+mod limits;
 mod merge;
 mod merge_model;
 mod metrics;

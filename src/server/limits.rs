@@ -1,0 +1,465 @@
+//! Overload protection (SPEC §11): the `[limits]` configuration and the tower layer that sheds
+//! calls beyond the concurrency budget and the per-principal rate limits, answering
+//! RESOURCE_EXHAUSTED at once (no queue) with a RetryInfo hint.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+use tower::{Layer, Service};
+
+use super::config::ConfigError;
+use super::metrics::Metrics;
+use crate::auth::Principal;
+
+/// Methods whose reply is a stream: they hold a slot of `max_streams` for as long as the stream
+/// is open instead of a slot of `max_in_flight`, so long-lived streams cannot starve unary calls.
+pub const STREAMING_METHODS: [&str; 3] = [
+    "/customer_profile.v1.ProfileService/WatchChanges",
+    "/customer_profile.v1.PrivacyService/ExportCustomer",
+    "/customer_profile.v1.AdminService/Backup",
+];
+
+/// The back-off hint sent with a shed call: long enough for in-flight calls to finish,
+/// short enough not to idle a recovered server.
+const SHED_RETRY_AFTER: Duration = Duration::from_millis(100);
+
+/// Error domain of the ErrorInfo details this layer sends.
+const ERROR_DOMAIN: &str = "customer-profile";
+
+/// Limits on work and input (`[limits]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Unary calls in progress at once; beyond it calls are refused with RESOURCE_EXHAUSTED
+    /// (default 64 per CPU core).
+    pub max_in_flight: usize,
+    /// Open server streams (WatchChanges, ExportCustomer, Backup) at once.
+    pub max_streams: usize,
+    /// Cap on a call's duration, seconds; the caller's `grpc-timeout` applies when shorter.
+    /// Keep it above `shutdown.grace_secs`, or draining calls are cut by this cap instead.
+    pub max_request_secs: u64,
+    /// Largest request message, bytes (SPEC: 4 MiB).
+    pub max_message_bytes: usize,
+    /// Largest reply message, bytes.
+    pub max_reply_bytes: usize,
+    /// Messages buffered per server stream before the producer waits for the client.
+    pub stream_buffer: usize,
+    /// A stream whose buffer stays full this long (the client does not read) is ended with
+    /// RESOURCE_EXHAUSTED, milliseconds.
+    pub stream_stall_ms: u64,
+    /// Token-bucket rate limits by principal name; `"*"` applies to every principal not
+    /// listed (the development principal is `local`). No entry = unlimited.
+    pub rate_limits: BTreeMap<String, RateLimit>,
+}
+
+/// A token bucket: `burst` calls at once, refilled at `per_second`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    /// Sustained calls per second.
+    pub per_second: f64,
+    /// Calls allowed at once after an idle period.
+    pub burst: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        LimitsConfig {
+            max_in_flight: 64 * cores,
+            max_streams: 256,
+            max_request_secs: 60,
+            max_message_bytes: 4 * 1024 * 1024,
+            max_reply_bytes: 64 * 1024 * 1024,
+            stream_buffer: 256,
+            stream_stall_ms: 10_000,
+            rate_limits: BTreeMap::new(),
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// Checks the values; `principals` are the configured principal names.
+    pub fn validate<'a>(
+        &self,
+        principals: impl IntoIterator<Item = &'a str>,
+    ) -> Result<(), ConfigError> {
+        let positive = [
+            ("limits.max_in_flight", self.max_in_flight as u64),
+            ("limits.max_streams", self.max_streams as u64),
+            ("limits.max_request_secs", self.max_request_secs),
+            ("limits.max_message_bytes", self.max_message_bytes as u64),
+            ("limits.max_reply_bytes", self.max_reply_bytes as u64),
+            ("limits.stream_buffer", self.stream_buffer as u64),
+            ("limits.stream_stall_ms", self.stream_stall_ms),
+        ];
+        for (key, v) in positive {
+            if v == 0 {
+                return Err(ConfigError(format!("{key} must be above 0")));
+            }
+        }
+        if self.max_message_bytes > 64 * 1024 * 1024 {
+            return Err(ConfigError(
+                "limits.max_message_bytes must be at most 67108864 (64 MiB)".into(),
+            ));
+        }
+        let known: Vec<&str> = principals.into_iter().collect();
+        for (name, rl) in &self.rate_limits {
+            let key = format!("limits.rate_limits.{name}");
+            if name != "*" && name != "local" && !known.contains(&name.as_str()) {
+                return Err(ConfigError(format!(
+                    "{key}: no principal is named {name:?} (use a name from auth.principals, `local`, or `*` for every other principal)"
+                )));
+            }
+            if !(rl.per_second.is_finite() && rl.per_second > 0.0) {
+                return Err(ConfigError(format!(
+                    "{key}.per_second must be a number above 0"
+                )));
+            }
+            if rl.burst == 0 {
+                return Err(ConfigError(format!("{key}.burst must be at least 1")));
+            }
+        }
+        Ok(())
+    }
+
+    /// The longest a call may run.
+    pub fn max_request(&self) -> Duration {
+        Duration::from_secs(self.max_request_secs)
+    }
+
+    /// How long a full stream buffer is tolerated.
+    pub fn stream_stall(&self) -> Duration {
+        Duration::from_millis(self.stream_stall_ms)
+    }
+}
+
+/// A token bucket in real time (rate limits protect the machine, so the domain clock that tests
+/// move by hand does not apply).
+#[derive(Debug)]
+struct Bucket {
+    limit: RateLimit,
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn new(limit: RateLimit, now: Instant) -> Bucket {
+        Bucket {
+            limit,
+            tokens: f64::from(limit.burst),
+            at: now,
+        }
+    }
+
+    /// Takes one token, or says how long until one is there.
+    fn take(&mut self, now: Instant) -> Result<(), Duration> {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens =
+            (self.tokens + elapsed * self.limit.per_second).min(f64::from(self.limit.burst));
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            let wait = (1.0 - self.tokens) / self.limit.per_second;
+            Err(Duration::from_secs_f64(wait.min(3600.0)))
+        }
+    }
+}
+
+/// State shared by every connection's copy of the layer.
+struct Shared {
+    in_flight: Arc<Semaphore>,
+    streams: Arc<Semaphore>,
+    max_in_flight: usize,
+    max_streams: usize,
+    /// Principal name → bucket; fixed at start (principals come from configuration), so
+    /// callers cannot grow it.
+    buckets: HashMap<String, parking_lot::Mutex<Bucket>>,
+    metrics: Option<Arc<Metrics>>,
+}
+
+/// The layer; build it once per server with [`LimitsLayer::new`].
+#[derive(Clone)]
+pub struct LimitsLayer {
+    shared: Arc<Shared>,
+}
+
+impl LimitsLayer {
+    /// Budgets from `config`; `principals` are every principal name that can call (their
+    /// buckets are created now).
+    pub fn new<'a>(
+        config: &LimitsConfig,
+        principals: impl IntoIterator<Item = &'a str>,
+        metrics: Option<Arc<Metrics>>,
+    ) -> LimitsLayer {
+        let now = Instant::now();
+        let default_limit = config.rate_limits.get("*").copied();
+        let mut buckets = HashMap::new();
+        for name in principals.into_iter().chain(["local"]) {
+            if let Some(limit) = config.rate_limits.get(name).copied().or(default_limit) {
+                buckets.insert(
+                    name.to_string(),
+                    parking_lot::Mutex::new(Bucket::new(limit, now)),
+                );
+            }
+        }
+        LimitsLayer {
+            shared: Arc::new(Shared {
+                in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
+                streams: Arc::new(Semaphore::new(config.max_streams)),
+                max_in_flight: config.max_in_flight,
+                max_streams: config.max_streams,
+                buckets,
+                metrics,
+            }),
+        }
+    }
+}
+
+impl<S> Layer<S> for LimitsLayer {
+    type Service = LimitsService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        LimitsService {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// The service the layer wraps around the router.
+#[derive(Clone)]
+pub struct LimitsService<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+/// Health checks and reflection are never shed: a probe failing under load would take a busy
+/// but healthy server out of rotation.
+fn exempt(path: &str) -> bool {
+    path.starts_with("/grpc.health.") || path.starts_with("/grpc.reflection.")
+}
+
+/// RESOURCE_EXHAUSTED with ErrorInfo `reason` and a RetryInfo delay.
+fn exhausted(reason: &str, message: String, retry_after: Duration) -> Status {
+    let mut details = ErrorDetails::with_error_info(reason, ERROR_DOMAIN, HashMap::new());
+    details.set_retry_info(Some(retry_after));
+    Status::with_error_details(Code::ResourceExhausted, message, details)
+}
+
+impl Shared {
+    fn shed(&self, reason: &'static str) {
+        if let Some(m) = &self.metrics {
+            m.counter("grpc_requests_shed_total", &[("reason", reason)])
+                .increment(1);
+        }
+    }
+
+    /// Takes a token from the caller's bucket, if it has one.
+    fn rate_limit(&self, principal: Option<&Arc<Principal>>) -> Result<(), Status> {
+        let Some(p) = principal else { return Ok(()) };
+        let Some(bucket) = self.buckets.get(&p.name) else {
+            return Ok(());
+        };
+        let mut bucket = bucket.lock();
+        bucket.take(Instant::now()).map_err(|wait| {
+            self.shed("rate_limited");
+            if let Some(m) = &self.metrics {
+                m.counter("grpc_requests_rate_limited_total", &[("principal", &p.name)])
+                    .increment(1);
+            }
+            exhausted(
+                "RATE_LIMITED",
+                format!(
+                    "principal {:?} is over its rate limit ({}/s, burst {}); retry after the RetryInfo delay",
+                    p.name, bucket.limit.per_second, bucket.limit.burst
+                ),
+                wait,
+            )
+        })
+    }
+
+    fn admit(&self, path: &str) -> Result<OwnedSemaphorePermit, Status> {
+        if STREAMING_METHODS.contains(&path) {
+            self.streams.clone().try_acquire_owned().map_err(|_| {
+                self.shed("streams");
+                exhausted(
+                    "TOO_MANY_STREAMS",
+                    format!(
+                        "the server has {} streams open, its limit (limits.max_streams); back off and retry later",
+                        self.max_streams
+                    ),
+                    SHED_RETRY_AFTER,
+                )
+            })
+        } else {
+            self.in_flight.clone().try_acquire_owned().map_err(|_| {
+                self.shed("in_flight");
+                exhausted(
+                    "OVERLOADED",
+                    format!(
+                        "the server is at its limit of {} calls in progress (limits.max_in_flight) and refused this one without starting it; back off and retry later",
+                        self.max_in_flight
+                    ),
+                    SHED_RETRY_AFTER,
+                )
+            })
+        }
+    }
+}
+
+type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
+
+impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for LimitsService<S>
+where
+    S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
+    S::Future: Send + 'static,
+    ResBody: Default + Send + 'static,
+{
+    type Response = http::Response<PermitBody<ResBody>>;
+    type Error = S::Error;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
+        let path = req.uri().path();
+        if exempt(path) {
+            let fut = self.inner.call(req);
+            return Box::pin(async move { Ok(fut.await?.map(PermitBody::without)) });
+        }
+        let streaming = STREAMING_METHODS.contains(&path);
+        let admitted = self
+            .shared
+            .rate_limit(req.extensions().get::<Arc<Principal>>())
+            .and_then(|()| self.shared.admit(path));
+        match admitted {
+            Ok(permit) => {
+                let fut = self.inner.call(req);
+                Box::pin(async move {
+                    let resp = fut.await?;
+                    // A unary call's work is done when its reply is ready; a stream's goes on
+                    // until its body ends, so its slot travels with the body.
+                    Ok(if streaming {
+                        resp.map(|b| PermitBody::holding(b, permit))
+                    } else {
+                        drop(permit);
+                        resp.map(PermitBody::without)
+                    })
+                })
+            }
+            Err(status) => {
+                let resp = status.into_http::<ResBody>().map(PermitBody::without);
+                Box::pin(async move { Ok(resp) })
+            }
+        }
+    }
+}
+
+/// A reply body that keeps a concurrency slot until it is finished or dropped.
+#[derive(Default)]
+pub struct PermitBody<B> {
+    inner: B,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl<B> PermitBody<B> {
+    fn without(inner: B) -> PermitBody<B> {
+        PermitBody {
+            inner,
+            permit: None,
+        }
+    }
+
+    fn holding(inner: B, permit: OwnedSemaphorePermit) -> PermitBody<B> {
+        PermitBody {
+            inner,
+            permit: Some(permit),
+        }
+    }
+}
+
+impl<B> http_body::Body for PermitBody<B>
+where
+    B: http_body::Body + Unpin,
+{
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(None) = polled {
+            this.permit = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_allows_the_burst_then_refills_at_the_rate() {
+        let t0 = Instant::now();
+        let mut b = Bucket::new(
+            RateLimit {
+                per_second: 10.0,
+                burst: 3,
+            },
+            t0,
+        );
+        assert!(b.take(t0).is_ok());
+        assert!(b.take(t0).is_ok());
+        assert!(b.take(t0).is_ok());
+        let wait = b.take(t0).err().unwrap_or_default();
+        assert!(wait > Duration::ZERO && wait <= Duration::from_millis(100));
+        assert!(b.take(t0 + Duration::from_millis(100)).is_ok());
+        assert!(b.take(t0 + Duration::from_millis(100)).is_err());
+        // Idle time refills up to the burst, not beyond.
+        let later = t0 + Duration::from_secs(60);
+        for _ in 0..3 {
+            assert!(b.take(later).is_ok());
+        }
+        assert!(b.take(later).is_err());
+    }
+
+    #[test]
+    fn rate_limits_must_name_a_principal() {
+        let mut c = LimitsConfig::default();
+        c.rate_limits.insert(
+            "billing".into(),
+            RateLimit {
+                per_second: 1.0,
+                burst: 1,
+            },
+        );
+        assert!(c.validate(["billing"]).is_ok());
+        let err = c.validate(["crm"]).err().map(|e| e.0).unwrap_or_default();
+        assert!(err.contains("limits.rate_limits.billing"), "{err}");
+    }
+}

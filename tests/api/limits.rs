@@ -1,0 +1,576 @@
+//! Overload protection and limits (issue 8): calls beyond `max_in_flight` are refused at once
+//! with RESOURCE_EXHAUSTED (health is never refused), per-principal rate limits, a change-stream
+//! consumer that stops reading is cut off while a reading one keeps going, message and list
+//! size limits, and a write cut off by its deadline writes nothing and is safely retried.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use customer_profile::auth::{Scope, tokens};
+use customer_profile::domain::time::ManualClock;
+use customer_profile::server::config::{Config, PrincipalConfig};
+use customer_profile::server::limits::RateLimit;
+use customer_profile::server::startup::{Application, RunningServer};
+use customer_profile::service::pb;
+use customer_profile::store::{SledStore, Store};
+use pb::identity_service_client::IdentityServiceClient;
+use pb::interaction_service_client::InteractionServiceClient;
+use pb::profile_service_client::ProfileServiceClient;
+use tonic::Code;
+use tonic::metadata::MetadataValue;
+use tonic::transport::{Channel as GrpcChannel, Endpoint};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_types::StatusExt;
+
+use crate::helpers::*;
+
+/// A server built by hand, so the test can reach its store (to hold the write gate).
+struct Server {
+    store: Arc<SledStore>,
+    channel: GrpcChannel,
+    metrics: std::net::SocketAddr,
+    running: Option<RunningServer>,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    async fn start(configure: impl FnOnce(&mut Config)) -> Server {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut config = Config {
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            data_dir: dir.path().to_path_buf(),
+            ..Config::default()
+        };
+        config.metrics.listen = "127.0.0.1:0".parse().expect("addr");
+        configure(&mut config);
+        let app = Application::build(config, Arc::new(ManualClock::new(START)))
+            .await
+            .expect("build");
+        let store = app.store();
+        let running = app.spawn();
+        let metrics = running.metrics_addr().expect("metrics enabled");
+        let channel = Endpoint::from_shared(format!("http://{}", running.local_addr()))
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("connect");
+        Server {
+            store,
+            channel,
+            metrics,
+            running: Some(running),
+            _dir: dir,
+        }
+    }
+
+    fn identity(&self) -> IdentityServiceClient<GrpcChannel> {
+        IdentityServiceClient::new(self.channel.clone())
+    }
+
+    fn profiles(&self) -> ProfileServiceClient<GrpcChannel> {
+        ProfileServiceClient::new(self.channel.clone())
+    }
+
+    fn interactions(&self) -> InteractionServiceClient<GrpcChannel> {
+        InteractionServiceClient::new(self.channel.clone())
+    }
+
+    async fn scrape(&self) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(self.metrics)
+            .await
+            .expect("connect");
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("write");
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.expect("read");
+        out
+    }
+
+    async fn stop(mut self) {
+        if let Some(r) = self.running.take() {
+            r.stop().await.expect("graceful stop");
+        }
+    }
+}
+
+fn resolve_req(value: &str) -> pb::ResolveRequest {
+    pb::ResolveRequest {
+        identifiers: vec![email(value)],
+        create_if_missing: true,
+        source: "test".into(),
+        ..Default::default()
+    }
+}
+
+fn lookup_req(value: &str) -> pb::LookupProfileIdsRequest {
+    pb::LookupProfileIdsRequest {
+        identifiers: vec![email(value)],
+    }
+}
+
+/// The value of a counter sample line starting with `prefix`, 0 when absent.
+fn sample(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn calls_beyond_max_in_flight_are_refused_at_once_and_served_again_after() {
+    let server = Server::start(|c| c.limits.max_in_flight = 2).await;
+    // Two writes queue at the held write gate and keep both slots.
+    let gate = server.store.write_gate().lock().await;
+    let mut writers = Vec::new();
+    for i in 0..2 {
+        let mut identity = server.identity();
+        writers.push(tokio::spawn(async move {
+            identity
+                .resolve(resolve_req(&format!("held{i}@example.com")))
+                .await
+        }));
+    }
+    let mut identity = server.identity();
+    let mut refused = None;
+    for _ in 0..2000 {
+        if let Err(s) = identity
+            .lookup_profile_ids(lookup_req("x@example.com"))
+            .await
+        {
+            refused = Some(s);
+            break;
+        }
+        // Waits for the two writers to reach the gate (a hang guard, not a timing check).
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let status = refused.expect("refused");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("max_in_flight"), "{status:?}");
+    assert!(status.message().contains("back off"), "{status:?}");
+    let details = status.get_error_details();
+    assert_eq!(
+        details.error_info().map(|e| e.reason.as_str()),
+        Some("OVERLOADED")
+    );
+    assert!(details.retry_info().and_then(|r| r.retry_delay).is_some());
+    // Still full: every further call is refused, but health is never shed.
+    for _ in 0..5 {
+        let err = identity
+            .lookup_profile_ids(lookup_req("y@example.com"))
+            .await
+            .expect_err("full");
+        assert_eq!(err.code(), Code::ResourceExhausted);
+    }
+    let health = HealthClient::new(server.channel.clone())
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("health is served while full")
+        .into_inner();
+    assert_eq!(health.status(), ServingStatus::Serving);
+
+    drop(gate);
+    for w in writers {
+        let r = w.await.expect("task").expect("held writes complete");
+        assert!(!r.into_inner().profile_id.is_empty());
+    }
+    identity
+        .lookup_profile_ids(lookup_req("held0@example.com"))
+        .await
+        .expect("served again once the slots are free");
+    let metrics = server.scrape().await;
+    assert!(
+        sample(&metrics, "grpc_requests_shed_total{reason=\"in_flight\"}") >= 6.0,
+        "{metrics}"
+    );
+    server.stop().await;
+}
+
+fn principal(name: &str, token_hash: String) -> PrincipalConfig {
+    PrincipalConfig {
+        name: name.into(),
+        department: None,
+        scopes: vec![Scope::IdentityResolve.name().into()],
+        field_groups: vec!["*".into()],
+        purpose: None,
+        token_sha256: vec![token_hash],
+        client_cert_names: vec![],
+    }
+}
+
+fn as_token<T>(token: &str, body: T) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(body);
+    req.metadata_mut().insert(
+        "authorization",
+        MetadataValue::try_from(format!("Bearer {token}")).expect("header"),
+    );
+    req
+}
+
+#[tokio::test]
+async fn a_rate_limited_principal_is_refused_beyond_its_burst_while_another_is_not() {
+    let (limited, limited_hash) = tokens::generate().expect("token");
+    let (free, free_hash) = tokens::generate().expect("token");
+    let server = Server::start(move |c| {
+        c.auth.principals = vec![
+            principal("limited", limited_hash),
+            principal("free", free_hash),
+        ];
+        // A refill of one call per ~3 hours: nothing refills during the test.
+        c.limits.rate_limits.insert(
+            "limited".into(),
+            RateLimit {
+                per_second: 0.0001,
+                burst: 3,
+            },
+        );
+    })
+    .await;
+    let mut identity = server.identity();
+    for _ in 0..3 {
+        identity
+            .lookup_profile_ids(as_token(&limited, lookup_req("a@example.com")))
+            .await
+            .expect("within the burst");
+    }
+    let err = identity
+        .lookup_profile_ids(as_token(&limited, lookup_req("a@example.com")))
+        .await
+        .expect_err("over the limit");
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().contains("\"limited\""), "{err:?}");
+    let details = err.get_error_details();
+    assert_eq!(
+        details.error_info().map(|e| e.reason.as_str()),
+        Some("RATE_LIMITED")
+    );
+    let delay = details
+        .retry_info()
+        .and_then(|r| r.retry_delay)
+        .expect("a retry delay");
+    assert!(delay > Duration::from_secs(1), "{delay:?}");
+    for _ in 0..10 {
+        identity
+            .lookup_profile_ids(as_token(&free, lookup_req("a@example.com")))
+            .await
+            .expect("another principal is not limited");
+    }
+    let metrics = server.scrape().await;
+    assert_eq!(
+        sample(
+            &metrics,
+            "grpc_requests_rate_limited_total{principal=\"limited\"}"
+        ),
+        1.0,
+        "{metrics}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_change_stream_consumer_that_stops_reading_is_cut_off_and_told_where_to_resume() {
+    let server = Server::start(|c| {
+        c.limits.stream_buffer = 2;
+        c.limits.stream_stall_ms = 200;
+    })
+    .await;
+    // The slow client grants the server a small flow-control window, so unread events pile
+    // up in the server's buffer instead of the client's.
+    let slow_channel = Endpoint::from_shared(format!(
+        "http://{}",
+        server.running.as_ref().expect("running").local_addr()
+    ))
+    .expect("endpoint")
+    .initial_stream_window_size(Some(1024))
+    .initial_connection_window_size(Some(1024))
+    .connect()
+    .await
+    .expect("connect");
+    let watch = pb::WatchChangesRequest { from_sequence: 0 };
+    let mut slow = ProfileServiceClient::new(slow_channel)
+        .watch_changes(watch)
+        .await
+        .expect("slow watch")
+        .into_inner();
+    let mut fast = server
+        .profiles()
+        .watch_changes(watch)
+        .await
+        .expect("fast watch")
+        .into_inner();
+    let (seen_tx, seen_rx) = tokio::sync::watch::channel(0u64);
+    let reader = tokio::spawn(async move {
+        let mut sequences = Vec::new();
+        while let Ok(Ok(Some(m))) = tokio::time::timeout(STREAM_TIMEOUT, fast.message()).await {
+            let seq = m.event.expect("event").sequence;
+            sequences.push(seq);
+            let _ = seen_tx.send(seq);
+        }
+        sequences
+    });
+
+    let mut n = 0;
+    let mut cut = false;
+    for _ in 0..100 {
+        let mut batch = Vec::new();
+        for _ in 0..25 {
+            n += 1;
+            let mut identity = server.identity();
+            let v = format!("flood{n}@example.com");
+            batch.push(tokio::spawn(async move {
+                identity.resolve(resolve_req(&v)).await
+            }));
+        }
+        for b in batch {
+            b.await.expect("task").expect("resolve");
+        }
+        let metrics = server.scrape().await;
+        if sample(
+            &metrics,
+            "stream_consumers_too_slow_total{method=\"WatchChanges\"}",
+        ) >= 1.0
+        {
+            cut = true;
+            break;
+        }
+    }
+    assert!(cut, "the slow consumer was never cut off");
+    // The reading consumer keeps going: it sees the newest event.
+    let last = server
+        .identity()
+        .resolve(resolve_req("after.cut@example.com"))
+        .await
+        .expect("resolve")
+        .into_inner();
+    assert!(!last.profile_id.is_empty());
+    let newest = server
+        .store
+        .changes_after(0, usize::MAX)
+        .expect("changes")
+        .last()
+        .map(|e| e.sequence)
+        .expect("events");
+    let mut seen = seen_rx.clone();
+    tokio::time::timeout(STREAM_TIMEOUT, seen.wait_for(|s| *s >= newest))
+        .await
+        .expect("the fast consumer keeps up")
+        .expect("reader alive");
+
+    // The slow consumer now reads: what was delivered, in order, then the error naming the
+    // last sequence it got.
+    let mut got = Vec::new();
+    let status = loop {
+        match tokio::time::timeout(STREAM_TIMEOUT, slow.message())
+            .await
+            .expect("the slow stream ends")
+        {
+            Ok(Some(m)) => got.push(m.event.expect("event").sequence),
+            Ok(None) => panic!("the slow stream ended without an error"),
+            Err(s) => break s,
+        }
+    };
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("too slow"), "{status:?}");
+    let resume = got.last().copied().unwrap_or(0);
+    assert!(
+        status
+            .message()
+            .contains(&format!("from_sequence = {resume}")),
+        "{status:?} after {got:?}"
+    );
+    assert!(
+        got.iter().copied().eq(1..=resume),
+        "gapless prefix: {got:?}"
+    );
+    assert!(resume < newest, "the slow consumer did fall behind");
+
+    server.stop().await;
+    let sequences = reader.await.expect("reader");
+    assert!(sequences.iter().copied().eq(1..=newest), "{sequences:?}");
+}
+
+#[tokio::test]
+async fn oversized_messages_and_lists_are_refused_with_what_to_fix() {
+    let server = Server::start(|_| {}).await;
+    let mut identity = server.identity();
+    // 5 MiB: refused by the message size limit before any decoding.
+    let mut big = resolve_req("big@example.com");
+    big.source = "x".repeat(5 * 1024 * 1024);
+    let err = identity.resolve(big).await.expect_err("too large");
+    assert!(
+        matches!(err.code(), Code::OutOfRange | Code::ResourceExhausted),
+        "{err:?}"
+    );
+    assert!(err.message().contains("4194304"), "{err:?}");
+    // 3 MiB passes the size limit and meets the field's own limit.
+    let mut large = resolve_req("large@example.com");
+    large.source = "x".repeat(3 * 1024 * 1024);
+    let err = identity.resolve(large).await.expect_err("source too long");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert_invalid(&err, "source");
+
+    let err = identity
+        .resolve(pb::ResolveRequest {
+            identifiers: (0..33)
+                .map(|i| email(&format!("many{i}@example.com")))
+                .collect(),
+            create_if_missing: true,
+            source: "test".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("33 identifiers");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert_invalid(&err, "identifiers");
+
+    let err = server
+        .profiles()
+        .batch_get_profiles(pb::BatchGetProfilesRequest {
+            profiles: (0..1001)
+                .map(|i| by_ident(email(&format!("k{i}@example.com"))))
+                .collect(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("1001 keys");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert_invalid(&err, "profiles");
+
+    let p = identity
+        .resolve(resolve_req("lists@example.com"))
+        .await
+        .expect("resolve")
+        .into_inner()
+        .profile_id;
+    let err = server
+        .interactions()
+        .list_interactions(pb::ListInteractionsRequest {
+            profile: Some(by_id(&p)),
+            types: (0..33).map(|i| format!("type_{i}")).collect(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("33 types");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert_invalid(&err, "types");
+    let err = server
+        .interactions()
+        .list_interactions(pb::ListInteractionsRequest {
+            profile: Some(by_id(&p)),
+            departments: vec!["Not A Department".into()],
+            ..Default::default()
+        })
+        .await
+        .expect_err("bad department");
+    assert_invalid(&err, "departments[0]");
+    // A million bad entries get a bounded answer.
+    let err = server
+        .interactions()
+        .list_interactions(pb::ListInteractionsRequest {
+            profile: Some(by_id(&p)),
+            channels: vec![999; 1_000_000],
+            ..Default::default()
+        })
+        .await
+        .expect_err("bad channels");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    let violations = err
+        .get_error_details()
+        .bad_request()
+        .map(|b| b.field_violations.len())
+        .unwrap_or_default();
+    assert!((1..=101).contains(&violations), "{violations}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_write_cut_off_by_its_deadline_writes_nothing_and_its_retry_writes_once() {
+    let server = Server::start(|_| {}).await;
+    let p = server
+        .identity()
+        .resolve(resolve_req("deadline@example.com"))
+        .await
+        .expect("resolve")
+        .into_inner()
+        .profile_id;
+    let record = pb::RecordInteractionRequest {
+        profile: Some(by_id(&p)),
+        interaction: Some(interaction(
+            pb::Channel::Web,
+            pb::Direction::Inbound,
+            "web",
+            "page_view",
+        )),
+        request_id: "deadline-retry-1".into(),
+    };
+    let list = pb::ListInteractionsRequest {
+        profile: Some(by_id(&p)),
+        ..Default::default()
+    };
+
+    // The gate is held, so the write cannot reach the store before its deadline passes.
+    let gate = server.store.write_gate().lock().await;
+    let mut req = tonic::Request::new(record.clone());
+    req.set_timeout(Duration::from_millis(100));
+    let err = server
+        .interactions()
+        .record_interaction(req)
+        .await
+        .expect_err("deadline passes at the gate");
+    assert!(
+        matches!(err.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{err:?}"
+    );
+    // The server drops the call when the deadline passes (so its writer leaves the gate's
+    // queue): the in-flight gauge returns to zero while the gate is still held.
+    let mut drained = false;
+    for _ in 0..2000 {
+        if sample(&server.scrape().await, "grpc_requests_in_flight ") == 0.0 {
+            drained = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(drained, "the cut-off call never left the server");
+    drop(gate);
+    // The abandoned writer is gone: a write after it commits, and the first wrote nothing.
+    server
+        .identity()
+        .resolve(resolve_req("after.deadline@example.com"))
+        .await
+        .expect("a later write");
+    let listed = server
+        .interactions()
+        .list_interactions(list.clone())
+        .await
+        .expect("list")
+        .into_inner();
+    assert!(listed.interactions.is_empty(), "{listed:?}");
+
+    let first = server
+        .interactions()
+        .record_interaction(record.clone())
+        .await
+        .expect("retry")
+        .into_inner();
+    let again = server
+        .interactions()
+        .record_interaction(record)
+        .await
+        .expect("second retry")
+        .into_inner();
+    assert_eq!(first, again);
+    let listed = server
+        .interactions()
+        .list_interactions(list)
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(listed.interactions.len(), 1, "{listed:?}");
+    server.stop().await;
+}
