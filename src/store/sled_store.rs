@@ -1244,7 +1244,11 @@ impl WriteTx for Pending<'_> {
     }
 
     fn put_import_position(&mut self, file: &[u8; 32], position: &[u8]) -> Result<()> {
-        self.set(TreeName::Meta, keys::import_position(file), position.to_vec());
+        self.set(
+            TreeName::Meta,
+            keys::import_position(file),
+            position.to_vec(),
+        );
         Ok(())
     }
 
