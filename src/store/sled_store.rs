@@ -615,10 +615,14 @@ struct Pending<'a> {
     undo: Option<Undo>,
 }
 
+/// A write-set entry as it was before a write: tree, key, and its earlier pending value
+/// (`None`: not in the write set).
+type Replaced = (TreeName, Vec<u8>, Option<Option<Vec<u8>>>);
+
 /// What a rollback restores: the write-set entries overwritten since the savepoint (`None`:
 /// the key was not in the write set) and the counters as they were.
 struct Undo {
-    entries: Vec<(TreeName, Vec<u8>, Option<Option<Vec<u8>>>)>,
+    entries: Vec<Replaced>,
     change_seq: u64,
     write_seq: u64,
     dropped_keys: usize,
