@@ -10,6 +10,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     config.protoc_executable(protoc);
     // `bytes::Bytes` so the baseline's reply is a reference-counted clone, not a copy.
     config.bytes(["."]);
-    tonic_prost_build::configure().compile_with_config(config, &["proto/echo.proto"], &["proto"])?;
+    tonic_prost_build::configure().compile_with_config(
+        config,
+        &["proto/echo.proto"],
+        &["proto"],
+    )?;
     Ok(())
 }

@@ -2,7 +2,12 @@
 //! tokio runtime with `enable_all`, `Server::builder()` defaults, a tokio `TcpListener`
 //! stream), whose one RPC replies with a fixed payload the size of a typical GetProfile reply.
 //! Whatever customer-profile costs beyond this is the service's own work.
-#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::print_stdout)]
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stdout
+)]
 
 use std::net::SocketAddr;
 
