@@ -5,6 +5,7 @@ pub mod audit;
 pub mod auth;
 pub mod domain;
 pub mod error;
+pub mod import;
 pub mod server;
 pub mod service;
 pub mod store;

@@ -66,6 +66,39 @@ enum Command {
     CheckConfig,
     /// Print a new random bearer token and the SHA-256 hash to put in the configuration.
     Token,
+    /// Bulk-load customers from NDJSON (one customer a line; format in README) into a data
+    /// directory, offline: stop the server first. Resumable: run the same command again after
+    /// an interruption and it continues after the last committed batch.
+    Import {
+        /// Data directory (default: from the configuration).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Lines per transaction; each batch is made durable with one flush.
+        #[arg(long, default_value_t = customer_profile::import::DEFAULT_BATCH)]
+        batch: usize,
+        /// When a line's identifiers belong to several profiles, merge them (as Resolve with
+        /// allow_merge); without it such a line is rejected.
+        #[arg(long)]
+        allow_merge: bool,
+        /// Where to list rejected lines as {"line":N,"reason":"..."} (default:
+        /// NAME.rejects.ndjson next to the input).
+        #[arg(long)]
+        rejects: Option<PathBuf>,
+        /// Ignore a stored position of an earlier run and import from the first line.
+        #[arg(long)]
+        restart: bool,
+        /// No progress bar (CI, scripts).
+        #[arg(long)]
+        no_progress: bool,
+        /// Exit with status 1 when any line was rejected (default: 0, with the summary).
+        #[arg(long)]
+        strict: bool,
+        /// Stop after this many lines (a trial run; the rest follows on the next run).
+        #[arg(long)]
+        max_lines: Option<u64>,
+        /// The NDJSON file, or - for standard input (not resumable).
+        file: PathBuf,
+    },
     /// Check the hash chain of the audit log; exits 1 and names the first broken entry.
     AuditVerify {
         /// Data directory (default: from the configuration).
@@ -126,6 +159,42 @@ async fn run() -> anyhow::Result<()> {
         let mut out = std::io::stdout().lock();
         use std::io::Write;
         writeln!(out, "# effective configuration (valid)\n{text}")?;
+        return Ok(());
+    }
+    if let Some(Command::Import {
+        data_dir,
+        batch,
+        allow_merge,
+        rejects,
+        restart,
+        no_progress,
+        strict,
+        max_lines,
+        file,
+    }) = &cli.command
+    {
+        let mut overrides = Config::default();
+        overrides.data_dir = data_dir.clone().unwrap_or(overrides.data_dir);
+        let config = Config::load(&cli.config, &overrides)?;
+        let opts = customer_profile::import::Options {
+            input: file.clone(),
+            batch: *batch,
+            allow_merge: *allow_merge,
+            rejects: rejects.clone(),
+            restart: *restart,
+            progress: !*no_progress,
+            max_lines: *max_lines,
+        };
+        let report = tokio::task::spawn_blocking(move || {
+            customer_profile::import::run(&opts, &config, Arc::new(SystemClock))
+        })
+        .await
+        .context("the import thread failed")??;
+        use std::io::Write;
+        write!(std::io::stdout().lock(), "{report}")?;
+        if *strict && report.this_run.rejected > 0 {
+            std::process::exit(1);
+        }
         return Ok(());
     }
     if let Some(Command::AuditVerify { data_dir }) = &cli.command {

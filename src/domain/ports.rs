@@ -62,6 +62,8 @@ pub trait ReadView {
     fn erased(&self, profile: ProfileId) -> Result<Option<Timestamp>>;
     /// Up to `limit` profile records (any, merged-away included) with ids above `after`.
     fn profiles_after(&self, after: Option<ProfileId>, limit: usize) -> Result<Vec<ProfileRecord>>;
+    /// Where the bulk import of the file with fingerprint `file` stopped (opaque to the store).
+    fn import_position(&self, file: &[u8; 32]) -> Result<Option<Vec<u8>>>;
 }
 
 /// A change event before the store gives it its sequence number.
@@ -131,6 +133,15 @@ pub trait WriteTx: ReadView {
     fn next_write_seq(&mut self) -> Result<u64>;
     /// Appends a change event; returns its sequence.
     fn emit(&mut self, change: NewChange, at: Timestamp) -> Result<u64>;
+    /// Marks the write set as it is now: [`WriteTx::rollback_to_savepoint`] returns to it.
+    /// One savepoint at a time (a new one replaces the last); bulk import sets one per line so
+    /// a rejected line leaves its batch's writes intact.
+    fn savepoint(&mut self);
+    /// Undoes every write (and sequence number taken) since the savepoint, which stays set.
+    fn rollback_to_savepoint(&mut self) -> Result<()>;
+    /// Records where the bulk import of the file with fingerprint `file` stopped, in the same
+    /// transaction as the lines it imported.
+    fn put_import_position(&mut self, file: &[u8; 32], position: &[u8]) -> Result<()>;
 }
 
 /// Follows `merged_into` links to the live profile. `None` if `id` is unknown.

@@ -328,7 +328,7 @@ impl Application {
 
 /// The master key: from the configured file or value, else (local development) from
 /// `<data_dir>/master.key`, generated on first start.
-fn master_key(config: &Config) -> anyhow::Result<Key> {
+pub fn master_key(config: &Config) -> anyhow::Result<Key> {
     let enc = &config.encryption;
     if let Some(path) = &enc.master_key_file {
         let bytes = std::fs::read(path)

@@ -4,6 +4,7 @@
 //! | tree                    | key                                              | value                |
 //! |-------------------------|--------------------------------------------------|----------------------|
 //! | `meta`                  | ASCII name (`schema_version`, `last_change_seq`…) | u64 BE               |
+//! | `meta`                  | `import_position/` ++ file fingerprint (32)       | import position (postcard, see `import`) |
 //! | `profiles`              | profile id (16)                                  | `ProfileRecord`      |
 //! | `identifier_to_profile` | HMAC of the identifier key (see [`identifier`])  | `IdentifierLink` (sealed) |
 //! | `profile_identifiers`   | origin profile id (16) ++ HMAC of identifier key | `IdentifierLink` (sealed) |
@@ -146,6 +147,11 @@ pub const META_LAST_WRITE_SEQ: &[u8] = b"last_write_seq";
 pub const META_MASTER_KEY_CHECK: &[u8] = b"master_key_check";
 /// Meta key: every change with a sequence above this is retained.
 pub const META_CHANGES_FLOOR: &[u8] = b"changes_floor";
+
+/// Meta key: where the bulk import of a file (by its fingerprint) stopped.
+pub fn import_position(file: &[u8; 32]) -> Vec<u8> {
+    [b"import_position/".as_slice(), file].concat()
+}
 
 /// Timestamps in keys: the sign bit flipped so negative times sort first.
 pub fn time_bytes(t: Timestamp) -> [u8; 8] {

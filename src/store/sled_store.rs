@@ -311,6 +311,7 @@ impl SledStore {
             change_seq: w.last_change_seq,
             write_seq: w.last_write_seq,
             dropped_keys: Vec::new(),
+            undo: None,
         };
         f(&mut p)?;
         if p.writes.iter().all(BTreeMap::is_empty) {
@@ -610,15 +611,38 @@ struct Pending<'a> {
     write_seq: u64,
     /// Profiles erased in this transaction (their data keys go).
     dropped_keys: Vec<[u8; 16]>,
+    /// Since the last savepoint, when one is set: what each write replaced in the write set.
+    undo: Option<Undo>,
+}
+
+/// What a rollback restores: the write-set entries overwritten since the savepoint (`None`:
+/// the key was not in the write set) and the counters as they were.
+struct Undo {
+    entries: Vec<(TreeName, Vec<u8>, Option<Option<Vec<u8>>>)>,
+    change_seq: u64,
+    write_seq: u64,
+    dropped_keys: usize,
 }
 
 impl Pending<'_> {
     fn set(&mut self, tree: TreeName, key: Vec<u8>, value: Vec<u8>) {
-        self.writes[tree.index()].insert(key, Some(value));
+        self.put(tree, key, Some(value));
     }
 
     fn delete(&mut self, tree: TreeName, key: Vec<u8>) {
-        self.writes[tree.index()].insert(key, None);
+        self.put(tree, key, None);
+    }
+
+    fn put(&mut self, tree: TreeName, key: Vec<u8>, value: Option<Vec<u8>>) {
+        match &mut self.undo {
+            None => {
+                self.writes[tree.index()].insert(key, value);
+            }
+            Some(undo) => {
+                let old = self.writes[tree.index()].insert(key.clone(), value);
+                undo.entries.push((tree, key, old));
+            }
+        }
     }
 }
 
@@ -764,6 +788,10 @@ fn prefix_bounds(prefix: &[u8]) -> (Vec<u8>, Option<Vec<u8>>) {
 }
 
 impl<R: Raw> ReadView for R {
+    fn import_position(&self, file: &[u8; 32]) -> Result<Option<Vec<u8>>> {
+        self.get(TreeName::Meta, &keys::import_position(file))
+    }
+
     fn profile(&self, id: ProfileId) -> Result<Option<ProfileRecord>> {
         self.get(TreeName::Profiles, &keys::profile(id))?
             .map(|v| decode("profile", &v))
@@ -1184,6 +1212,46 @@ impl WriteTx for Pending<'_> {
         Ok(self.write_seq)
     }
 
+    fn savepoint(&mut self) {
+        self.undo = Some(Undo {
+            entries: Vec::new(),
+            change_seq: self.change_seq,
+            write_seq: self.write_seq,
+            dropped_keys: self.dropped_keys.len(),
+        });
+    }
+
+    fn rollback_to_savepoint(&mut self) -> Result<()> {
+        let undo = self.undo.take().ok_or_else(|| {
+            Error::Unavailable("rollback without a savepoint (a bug in the caller)".into())
+        })?;
+        // Newest first, so a key written twice since the savepoint ends as it was before both.
+        for (tree, key, old) in undo.entries.into_iter().rev() {
+            match old {
+                Some(v) => {
+                    self.writes[tree.index()].insert(key, v);
+                }
+                None => {
+                    self.writes[tree.index()].remove(&key);
+                }
+            }
+        }
+        self.change_seq = undo.change_seq;
+        self.write_seq = undo.write_seq;
+        self.dropped_keys.truncate(undo.dropped_keys);
+        self.savepoint();
+        Ok(())
+    }
+
+    fn put_import_position(&mut self, file: &[u8; 32], position: &[u8]) -> Result<()> {
+        self.set(
+            TreeName::Meta,
+            keys::import_position(file),
+            position.to_vec(),
+        );
+        Ok(())
+    }
+
     fn emit(&mut self, change: NewChange, at: Timestamp) -> Result<u64> {
         self.change_seq += 1;
         let event = ChangeEvent {
@@ -1379,7 +1447,7 @@ mod tests {
                 tree.insert([*k], &[*v]).map_err(|e| TestCaseError::fail(e.to_string()))?;
             }
             let mut model: BTreeMap<u8, u8> = committed.clone();
-            let mut p = Pending { store: &store, writes: vec![BTreeMap::new(); TreeName::ALL.len()], change_seq: 0, write_seq: 0, dropped_keys: Vec::new() };
+            let mut p = Pending { store: &store, writes: vec![BTreeMap::new(); TreeName::ALL.len()], change_seq: 0, write_seq: 0, dropped_keys: Vec::new(), undo: None };
             for (k, v) in &writes {
                 match v {
                     Some(v) => { p.set(TreeName::Changes, vec![*k], vec![*v]); model.insert(*k, *v); }
