@@ -13,8 +13,8 @@ use std::net::SocketAddr;
 
 use bytes::Bytes;
 use clap::Parser;
-use tokio_stream::wrappers::TcpListenerStream;
-use tonic::{Request, Response, Status, transport::Server};
+use tonic::transport::{Server, server::TcpIncoming};
+use tonic::{Request, Response, Status};
 
 mod pb {
     tonic::include_proto!("cpbench.echo.v1");
@@ -92,7 +92,10 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     Server::builder()
         .add_service(health_service)
         .add_service(EchoServiceServer::new(echo))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
         .await?;
     Ok(())
 }

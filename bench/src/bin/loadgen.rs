@@ -59,6 +59,7 @@ enum Command {
 }
 
 #[derive(clap::Args)]
+#[command(args_override_self = true)]
 struct RunArgs {
     /// Server address, e.g. http://127.0.0.1:50051.
     #[arg(long)]

@@ -96,11 +96,11 @@ async fn seed_one(c: &mut crate::workload::Clients, i: usize) -> Result<(), toni
             }),
             update_mask: Some(prost_types::FieldMask {
                 paths: vec![
-                    "given_name".into(),
-                    "family_name".into(),
-                    "city".into(),
-                    "gender".into(),
-                    "country".into(),
+                    "attributes.given_name".into(),
+                    "attributes.family_name".into(),
+                    "attributes.city".into(),
+                    "attributes.gender".into(),
+                    "attributes.country".into(),
                 ],
             }),
             source: "bench_seed".into(),

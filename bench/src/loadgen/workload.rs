@@ -23,6 +23,7 @@ pub enum Scenario {
     /// Resolve, lookup only (create_if_missing = false).
     Resolve,
     /// BatchGetProfiles of 100 profile ids.
+    #[value(name = "batch-get-100")]
     BatchGet100,
     /// RecordInteraction (durable), distinct request ids.
     RecordInteraction,
@@ -362,7 +363,7 @@ impl Workload {
                                 ..Default::default()
                             }),
                             update_mask: Some(prost_types::FieldMask {
-                                paths: vec!["city".into()],
+                                paths: vec!["attributes.city".into()],
                             }),
                             source: "bench".into(),
                             observed_at: now_ts(),
