@@ -615,10 +615,14 @@ struct Pending<'a> {
     undo: Option<Undo>,
 }
 
+/// A write-set entry as it was before a write: tree, key, and its earlier pending value
+/// (`None`: not in the write set).
+type Replaced = (TreeName, Vec<u8>, Option<Option<Vec<u8>>>);
+
 /// What a rollback restores: the write-set entries overwritten since the savepoint (`None`:
 /// the key was not in the write set) and the counters as they were.
 struct Undo {
-    entries: Vec<(TreeName, Vec<u8>, Option<Option<Vec<u8>>>)>,
+    entries: Vec<Replaced>,
     change_seq: u64,
     write_seq: u64,
     dropped_keys: usize,
@@ -1412,6 +1416,45 @@ mod tests {
 
     fn tempdir() -> tempfile::TempDir {
         tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn rollback_to_a_savepoint_takes_back_only_what_followed_it() -> Result<()> {
+        let dir = tempdir();
+        let store = open(dir.path())?;
+        let now = Timestamp(1_000_000);
+        let (a, b) = (ProfileId::new_at(now), ProfileId::new_at(now));
+        let change = |p: ProfileId| NewChange {
+            kind: crate::domain::profile::ChangeKind::ProfileCreated,
+            profile: p,
+            version: 1,
+            paths: vec![],
+            related: vec![],
+        };
+        let mut first = ProfileRecord::new(a, now);
+        Store::write(&store, &mut |tx| {
+            tx.savepoint();
+            tx.put_profile(&first)?;
+            tx.emit(change(a), now)?;
+            tx.savepoint();
+            first.version = 9;
+            tx.put_profile(&first)?;
+            tx.put_profile(&ProfileRecord::new(b, now))?;
+            tx.emit(change(b), now)?;
+            tx.next_write_seq()?;
+            tx.rollback_to_savepoint()?;
+            Ok(())
+        })?;
+        let (pa, pb) = (store.profile(a)?, store.profile(b)?);
+        assert_eq!(pa.map(|p| p.version), Some(1), "a as before the savepoint");
+        assert!(pb.is_none(), "b was rolled back");
+        let changes = Raw::range(&store, TreeName::Changes, &[], None, false, 10)?;
+        assert_eq!(changes.len(), 1, "one change event, no gap");
+        let event: ChangeEvent = decode("change", &changes[0].1)?;
+        assert_eq!((event.sequence, event.profile), (1, a));
+        let w = store.writer.lock();
+        assert_eq!((w.last_change_seq, w.last_write_seq), (1, 0));
+        Ok(())
     }
 
     #[test]

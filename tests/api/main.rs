@@ -33,6 +33,7 @@ mod encryption;
 mod faults;
 mod helpers;
 mod identity;
+mod import;
 mod interactions;
 mod merge;
 mod merge_model;

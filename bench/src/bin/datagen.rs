@@ -377,7 +377,7 @@ fn main() -> anyhow::Result<()> {
         .as_ref()
         .map(|p| {
             File::create(p)
-                .map(|f| BufWriter::new(f))
+                .map(BufWriter::new)
                 .with_context(|| format!("creating {}", p.display()))
         })
         .transpose()?;
