@@ -1,0 +1,334 @@
+//! How load is applied and measured: closed loop (C workers back to back, for maximum
+//! throughput) and open loop (a fixed schedule, latency from the *intended* send time so a
+//! stalled server cannot hide its stall: coordinated omission corrected), into HDR histograms.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use tokio::sync::{Semaphore, mpsc};
+use tonic::transport::Channel;
+
+use super::workload::{Clients, Outcome, Rng, Workload};
+
+/// How a run is driven.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub concurrency: usize,
+    pub warmup: Duration,
+    pub duration: Duration,
+    /// Open loop when set: requests per second on a fixed timeline.
+    pub rate: Option<f64>,
+    /// Stop after this many measured requests (closed loop).
+    pub max_requests: Option<u64>,
+}
+
+/// What one worker (or the open-loop collector) saw.
+struct Tally {
+    hist: Histogram<u64>,
+    ok: u64,
+    errors: BTreeMap<String, (u64, String)>,
+    labels: BTreeMap<&'static str, u64>,
+    last_done: Option<Instant>,
+}
+
+impl Tally {
+    fn new() -> anyhow::Result<Tally> {
+        Ok(Tally {
+            // 1 µs .. 10 min at 3 significant digits.
+            hist: Histogram::new_with_bounds(1, 600_000_000, 3)?,
+            ok: 0,
+            errors: BTreeMap::new(),
+            labels: BTreeMap::new(),
+            last_done: None,
+        })
+    }
+
+    fn record(&mut self, outcome: Outcome, latency: Duration, done: Instant) {
+        match outcome {
+            Outcome::Ok(label) => {
+                self.ok += 1;
+                if let Some(l) = label {
+                    *self.labels.entry(l).or_default() += 1;
+                }
+            }
+            Outcome::Failed(s) => {
+                let e = self
+                    .errors
+                    .entry(format!("{:?}", s.code()))
+                    .or_insert_with(|| (0, s.message().chars().take(300).collect()));
+                e.0 += 1;
+            }
+            Outcome::Exhausted => return,
+        }
+        self.hist.saturating_record(
+            u64::try_from(latency.as_micros())
+                .unwrap_or(u64::MAX)
+                .max(1),
+        );
+        self.last_done = Some(self.last_done.map_or(done, |d| d.max(done)));
+    }
+
+    fn merge(&mut self, other: Tally) -> anyhow::Result<()> {
+        self.hist.add(&other.hist)?;
+        self.ok += other.ok;
+        for (k, (n, msg)) in other.errors {
+            self.errors.entry(k).or_insert((0, msg)).0 += n;
+        }
+        for (k, n) in other.labels {
+            *self.labels.entry(k).or_default() += n;
+        }
+        self.last_done = match (self.last_done, other.last_done) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        Ok(())
+    }
+}
+
+/// Latency percentiles in microseconds.
+#[derive(Serialize, Debug)]
+pub struct Latency {
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub p999: u64,
+    pub max: u64,
+    pub mean: f64,
+}
+
+/// One run's result, written as JSON.
+#[derive(Serialize, Debug)]
+pub struct Report {
+    pub scenario: String,
+    pub mode: &'static str,
+    pub target: String,
+    pub concurrency: usize,
+    pub connections: usize,
+    pub warmup_s: f64,
+    pub measured_s: f64,
+    pub target_rate: Option<f64>,
+    pub count: u64,
+    pub ok: u64,
+    pub errors: BTreeMap<String, u64>,
+    pub error_samples: BTreeMap<String, String>,
+    pub labels: BTreeMap<&'static str, u64>,
+    pub throughput_rps: f64,
+    pub latency_us: Latency,
+    /// True when any call failed: such a run is not a result.
+    pub not_a_result: bool,
+}
+
+impl Report {
+    /// The one-line human summary.
+    pub fn summary(&self) -> String {
+        let l = &self.latency_us;
+        let errs: u64 = self.errors.values().sum();
+        format!(
+            "{:<22} {:<6} c={:<4} {:>9.0} req/s  p50 {:>7}µs p90 {:>7}µs p99 {:>7}µs p99.9 {:>7}µs max {:>8}µs  n={} errors={}{}{}",
+            self.scenario,
+            self.mode,
+            self.concurrency,
+            self.throughput_rps,
+            l.p50,
+            l.p90,
+            l.p99,
+            l.p999,
+            l.max,
+            self.count,
+            errs,
+            if self.labels.is_empty() {
+                String::new()
+            } else {
+                format!(" {:?}", self.labels)
+            },
+            if self.not_a_result {
+                "  NOT A RESULT (errors)"
+            } else {
+                ""
+            }
+        )
+    }
+}
+
+fn report(
+    w: &Workload,
+    plan: &Plan,
+    target: &str,
+    connections: usize,
+    t: Tally,
+    measured: Duration,
+) -> Report {
+    let count = t.hist.len();
+    let secs = measured.as_secs_f64().max(1e-9);
+    let errors_total: u64 = t.errors.values().map(|e| e.0).sum();
+    Report {
+        scenario: w.scenario.name(),
+        mode: if plan.rate.is_some() {
+            "open"
+        } else {
+            "closed"
+        },
+        target: target.to_string(),
+        concurrency: plan.concurrency,
+        connections,
+        warmup_s: plan.warmup.as_secs_f64(),
+        measured_s: secs,
+        target_rate: plan.rate,
+        count,
+        ok: t.ok,
+        errors: t.errors.iter().map(|(k, v)| (k.clone(), v.0)).collect(),
+        error_samples: t
+            .errors
+            .iter()
+            .map(|(k, v)| (k.clone(), v.1.clone()))
+            .collect(),
+        labels: t.labels,
+        throughput_rps: t.ok as f64 / secs,
+        latency_us: Latency {
+            p50: t.hist.value_at_quantile(0.50),
+            p90: t.hist.value_at_quantile(0.90),
+            p99: t.hist.value_at_quantile(0.99),
+            p999: t.hist.value_at_quantile(0.999),
+            max: t.hist.max(),
+            mean: t.hist.mean(),
+        },
+        not_a_result: errors_total > 0 || count == 0,
+    }
+}
+
+/// C workers, each sending back to back; worker i uses connection i mod N. Only calls that
+/// start after the warm-up are counted; throughput is over the measured window.
+pub async fn closed_loop(
+    w: Arc<Workload>,
+    channels: &[Channel],
+    plan: &Plan,
+    target: &str,
+) -> anyhow::Result<Report> {
+    let start = Instant::now();
+    let warm_end = start + plan.warmup;
+    let end = warm_end + plan.duration;
+    let measured_calls = Arc::new(AtomicU64::new(0));
+    let mut handles = Vec::with_capacity(plan.concurrency);
+    for worker in 0..plan.concurrency {
+        let w = w.clone();
+        let mut clients = Clients::new(channels[worker % channels.len()].clone());
+        let max = plan.max_requests;
+        let measured_calls = measured_calls.clone();
+        handles.push(tokio::spawn(async move {
+            let mut tally = Tally::new()?;
+            let mut rng = Rng::new(worker as u64 + 1);
+            let mut seq = 0u64;
+            loop {
+                let t0 = Instant::now();
+                if t0 >= end {
+                    break;
+                }
+                let counted = t0 >= warm_end;
+                if counted {
+                    if let Some(max) = max {
+                        if measured_calls.fetch_add(1, Ordering::Relaxed) >= max {
+                            break;
+                        }
+                    }
+                }
+                seq += 1;
+                let outcome = w.call(&mut clients, &mut rng, worker, seq).await;
+                if matches!(outcome, Outcome::Exhausted) {
+                    break;
+                }
+                let t1 = Instant::now();
+                if counted {
+                    tally.record(outcome, t1 - t0, t1);
+                }
+            }
+            anyhow::Ok(tally)
+        }));
+    }
+    let mut total = Tally::new()?;
+    for h in handles {
+        total.merge(h.await??)?;
+    }
+    // A run that ended early (max requests, ids exhausted) is measured until its last reply.
+    let stop = total.last_done.map_or(end, |d| d.min(end).max(warm_end));
+    let measured = if plan.max_requests.is_some() || stop < end {
+        stop - warm_end
+    } else {
+        plan.duration
+    };
+    Ok(report(&w, plan, target, channels.len(), total, measured))
+}
+
+/// Busy-waits the last stretch before `at`: tokio's timer has millisecond granularity, which
+/// would add up to a millisecond of scheduling noise to every sub-millisecond latency.
+async fn wait_until(at: Instant) {
+    let now = Instant::now();
+    if at > now + Duration::from_millis(2) {
+        tokio::time::sleep_until((at - Duration::from_millis(1)).into()).await;
+    }
+    while Instant::now() < at {
+        tokio::task::yield_now().await;
+    }
+}
+
+/// A fixed rate: request k is due at start + k/R. One dispatcher sends each on time (at most
+/// `concurrency` in flight; when that many are outstanding the next waits, and its wait counts
+/// as latency because latency is measured from the due time).
+pub async fn open_loop(
+    w: Arc<Workload>,
+    channels: &[Channel],
+    plan: &Plan,
+    target: &str,
+    rate: f64,
+) -> anyhow::Result<Report> {
+    let interval = Duration::from_secs_f64(1.0 / rate.max(0.001));
+    let start = Instant::now() + Duration::from_millis(10);
+    let warm_end = start + plan.warmup;
+    let end = warm_end + plan.duration;
+    let permits = Arc::new(Semaphore::new(plan.concurrency.max(1)));
+    let (tx, mut rx) = mpsc::unbounded_channel::<(Outcome, Duration, Instant)>();
+    let collector = tokio::spawn(async move {
+        let mut tally = Tally::new()?;
+        while let Some((o, lat, done)) = rx.recv().await {
+            tally.record(o, lat, done);
+        }
+        anyhow::Ok(tally)
+    });
+    let clients: Vec<Clients> = channels.iter().cloned().map(Clients::new).collect();
+    let mut k: u64 = 0;
+    loop {
+        let due = start + interval.mul_f64(k as f64);
+        if due >= end {
+            break;
+        }
+        wait_until(due).await;
+        let permit = permits.clone().acquire_owned().await?;
+        let mut c = clients[(k as usize) % clients.len()].clone();
+        let w = w.clone();
+        let tx = tx.clone();
+        let counted = due >= warm_end;
+        tokio::spawn(async move {
+            let mut rng = Rng::new(k.wrapping_mul(0x2545_F491_4F6C_DD1D) + 1);
+            let outcome = w.call(&mut c, &mut rng, usize::MAX, k).await;
+            let now = Instant::now();
+            drop(permit);
+            if counted {
+                let _ = tx.send((outcome, now - due, now));
+            }
+        });
+        k += 1;
+    }
+    drop(tx);
+    let total = collector.await??;
+    Ok(report(
+        &w,
+        plan,
+        target,
+        channels.len(),
+        total,
+        plan.duration,
+    ))
+}
