@@ -13,11 +13,17 @@ use tracing_subscriber::util::SubscriberInitExt;
 
 use super::config::{LogConfig, LogFormat};
 
-/// Keeps the OTLP exporter alive; [`Telemetry::shutdown`] flushes what is buffered.
+/// Keeps the OTLP exporter and the log writer alive; [`Telemetry::shutdown`] (or dropping it)
+/// flushes what is buffered.
 #[derive(Debug, Default)]
 pub struct Telemetry {
     provider: Option<SdkTracerProvider>,
+    _log_writer: Option<tracing_appender::non_blocking::WorkerGuard>,
 }
+
+/// Log lines waiting for the writer thread; beyond this a line is dropped rather than making
+/// a gRPC call wait for stderr (a blocked or slow log pipe must not stall the service).
+const LOG_BUFFER_LINES: usize = 64 * 1024;
 
 impl Telemetry {
     /// Exports every buffered span (call before exit).
@@ -65,20 +71,31 @@ pub fn init(config: &LogConfig) -> Telemetry {
     let otel = provider
         .as_ref()
         .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("customer-profile")));
+    // One line per call is written by a background thread: formatting stays on the caller, the
+    // write(2) to stderr does not.
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(LOG_BUFFER_LINES)
+        .thread_name("log-writer")
+        .finish(std::io::stderr());
     let registry = tracing_subscriber::registry().with(filter).with(otel);
-    let _ = match config.format {
+    let installed = match config.format {
         LogFormat::Json => registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .json()
-                    .with_writer(std::io::stderr),
-            )
+            .with(tracing_subscriber::fmt::layer().json().with_writer(writer))
             .try_init(),
         LogFormat::Pretty => registry
-            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                    .with_writer(writer),
+            )
             .try_init(),
     };
-    Telemetry { provider }
+    Telemetry {
+        provider,
+        // When a subscriber was already installed (tests), this writer is unused.
+        _log_writer: installed.ok().map(|()| guard),
+    }
 }
 
 struct Headers<'a>(&'a http::HeaderMap);
