@@ -234,6 +234,8 @@ impl Application {
         });
 
         let drain_delay_ms = config.shutdown.drain_delay_ms;
+        let shutdown = Arc::new(shutdown);
+        let core_shutdown = shutdown.clone();
         let signal = {
             let health = health.clone();
             async move {
@@ -331,7 +333,9 @@ impl Application {
             _ = deadline => tracing::warn!(grace_secs = grace.as_secs(), "calls still running after the shutdown grace were cut off"),
         }
 
-        pruner.abort();
+        // The shutdown signal is set by now (also when serving ended on its own: set it here),
+        // so the pruner returns after the prune it may be in.
+        let _ = core_shutdown.send(true);
         let _ = pruner.await;
         fault_watch.abort();
         if let Some(m) = metrics_server {
@@ -343,13 +347,19 @@ impl Application {
         core.audit.close();
         drop(core);
         store.close()?;
-        // Streams finishing in the background may still hold the store for a moment; sled's
-        // file lock is released only when the last handle goes, so wait (bounded) for that.
-        for _ in 0..200 {
-            if Arc::strong_count(&store) == 1 {
-                break;
-            }
+        // Streams, connection tasks and a blocking prune finishing in the background may still
+        // hold the store for a moment; sled's file lock is released only when the last handle
+        // goes, and the next process (a restart, an offline import) needs it. So wait for that,
+        // bounded: 2 s was too short on a loaded 2-core CI machine.
+        let release_by = tokio::time::Instant::now() + Duration::from_secs(30);
+        while Arc::strong_count(&store) > 1 && tokio::time::Instant::now() < release_by {
             tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if Arc::strong_count(&store) > 1 {
+            tracing::warn!(
+                holders = Arc::strong_count(&store) - 1,
+                "the store is still held 30 s after stopping; its file lock is released when they finish"
+            );
         }
         drop(store);
         tracing::info!("stopped");
@@ -441,8 +451,14 @@ fn tls_server_config(tls: &TlsConfig) -> anyhow::Result<ServerTlsConfig> {
 async fn prune_loop(core: Arc<Core>, config: Config) {
     let mut tick = tokio::time::interval(Duration::from_millis(config.changes.prune_interval_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut stopping = core.shutdown.clone();
     loop {
-        tick.tick().await;
+        // Stops between prunes, never during one: a prune cut off by an abort would keep
+        // running on its blocking thread and hold the store (and sled's file lock) after stop.
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stopping.wait_for(|s| *s) => return,
+        }
         let now = core.now();
         let changes_before = now.plus_secs(-(config.changes.retention_secs as i64));
         let idem_before = now.plus_secs(-(config.idempotency.retention_secs as i64));
