@@ -5,7 +5,8 @@
 //! sled's log, then fdatasyncs the log file itself: sled 0.34 writes with `sync_file_range`
 //! (sled issue #1452), which does not empty a volatile disk write cache. Everything committed
 //! before the flush started is then durable, so every writer waiting on a number up to the
-//! target is released by that one flush.
+//! target is released by that one flush. Before releasing them it also fsyncs what sled
+//! never syncs itself: new blob files and changed directory entries (see `dir_sync`).
 
 use std::fs::File;
 use std::sync::Arc;
@@ -14,6 +15,8 @@ use std::thread::JoinHandle;
 
 use parking_lot::{Condvar, Mutex};
 use tokio::sync::watch;
+
+use super::dir_sync::DirSync;
 
 /// What is durable.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -42,9 +45,14 @@ pub struct GroupCommit {
 }
 
 impl GroupCommit {
-    /// Starts the flusher for `db`, whose log lives in `log_file`. `start` is what is already
-    /// durable (the state found at open).
-    pub fn start(db: sled::Db, log_file: File, start: Durable) -> std::io::Result<Self> {
+    /// Starts the flusher for `db`, whose log lives in `log_file` and whose other files
+    /// `dirs` keeps durable. `start` is what is already durable (the state found at open).
+    pub fn start(
+        db: sled::Db,
+        log_file: File,
+        dirs: DirSync,
+        start: Durable,
+    ) -> std::io::Result<Self> {
         let (tx, _) = watch::channel(start.clone());
         let shared = Arc::new(Shared {
             requested: Mutex::new((start.commit, start.change_seq)),
@@ -57,7 +65,7 @@ impl GroupCommit {
         let worker = shared.clone();
         let thread = std::thread::Builder::new()
             .name("group-commit".into())
-            .spawn(move || run(worker, db, log_file))?;
+            .spawn(move || run(worker, db, log_file, dirs))?;
         Ok(GroupCommit {
             shared,
             thread: Mutex::new(Some(thread)),
@@ -122,7 +130,7 @@ impl Drop for GroupCommit {
     }
 }
 
-fn run(shared: Arc<Shared>, db: sled::Db, log_file: File) {
+fn run(shared: Arc<Shared>, db: sled::Db, log_file: File, mut dirs: DirSync) {
     loop {
         let target = {
             let mut r = shared.requested.lock();
@@ -144,7 +152,8 @@ fn run(shared: Arc<Shared>, db: sled::Db, log_file: File) {
         let result = db
             .flush()
             .map_err(|e| e.to_string())
-            .and_then(|_| log_file.sync_data().map_err(|e| e.to_string()));
+            .and_then(|_| log_file.sync_data().map_err(|e| e.to_string()))
+            .and_then(|_| dirs.sync().map_err(|e| e.to_string()));
         shared.flushes.fetch_add(1, Ordering::Relaxed);
         shared
             .flush_micros

@@ -3,6 +3,7 @@
 
 pub mod codec;
 pub mod crypto;
+mod dir_sync;
 mod group_commit;
 pub mod keys;
 mod sled_store;

@@ -18,6 +18,7 @@ use tokio::sync::watch;
 
 use super::codec::{decode, decode_u64, encode};
 use super::crypto::{self, Crypto, Key, SEALED};
+use super::dir_sync::{DirSync, sync_dir};
 use super::group_commit::{Durable, GroupCommit};
 use super::keys::{self, TreeName};
 use super::{BoxFuture, Store, Ticket};
@@ -211,9 +212,26 @@ impl SledStore {
         log_file
             .sync_all()
             .map_err(|e| Error::Unavailable(format!("cannot fsync the store's log file: {e}")))?;
+        // sled writes `conf` without a sync and never syncs a directory: make the files and
+        // names that exist now durable before the first write is acknowledged.
+        let mut dirs = DirSync::for_sled(&opts.path);
+        File::open(opts.path.join("conf"))
+            .and_then(|f| f.sync_all())
+            .and_then(|_| dirs.sync())
+            .and_then(|_| match opts.path.parent() {
+                Some(parent) if !parent.as_os_str().is_empty() => sync_dir(parent),
+                _ => Ok(()),
+            })
+            .map_err(|e| {
+                Error::Unavailable(format!(
+                    "cannot fsync the data directory {}: {e}",
+                    opts.path.display()
+                ))
+            })?;
         let group = GroupCommit::start(
             db.clone(),
             log_file,
+            dirs,
             Durable {
                 commit: 0,
                 change_seq: last_change_seq,
