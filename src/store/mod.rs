@@ -6,6 +6,7 @@ pub mod crypto;
 mod group_commit;
 pub mod keys;
 mod sled_store;
+mod space;
 
 use std::future::Future;
 use std::pin::Pin;
