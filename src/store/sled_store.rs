@@ -157,8 +157,7 @@ impl SledStore {
                 opts.path.display()
             ))
         };
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Self::open_checked(opts)))
-        {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Self::open_checked(opts))) {
             Ok(Ok(store)) => Ok(store),
             Ok(Err(Error::Corrupt(what))) => Err(damaged(what)),
             Ok(Err(e)) => Err(e),
@@ -168,7 +167,9 @@ impl SledStore {
                     .map(String::as_str)
                     .or_else(|| panic.downcast_ref::<&str>().copied())
                     .unwrap_or("no message");
-                Err(damaged(format!("the storage engine failed reading it: {what}")))
+                Err(damaged(format!(
+                    "the storage engine failed reading it: {what}"
+                )))
             }
         }
     }

@@ -83,3 +83,16 @@ impl SpaceGuard {
         )))
     }
 }
+
+/// Why a flush failed, for the store's fault: a full disk says what to do about it.
+pub fn flush_failure(e: &std::io::Error) -> String {
+    if e.kind() == std::io::ErrorKind::StorageFull {
+        format!(
+            "disk full while making writes durable ({e}); the store no longer acknowledges writes: \
+             free space or grow the volume, then restart the server (a write refused with this \
+             message may or may not be stored: retry it with the same request_id)"
+        )
+    } else {
+        e.to_string()
+    }
+}
