@@ -265,6 +265,7 @@ fn open_store(config: &Config) -> anyhow::Result<SledStore> {
             config.data_dir.display()
         )
     })
+    .inspect(|store| store.set_min_free_mb(config.storage.min_free_mb))
 }
 
 /// Imports `opts.input` into the data directory of `config`. Rejected lines are reported,

@@ -323,12 +323,16 @@ impl Default for SummaryConfig {
 pub struct StorageConfig {
     /// sled page cache, MiB.
     pub cache_capacity_mb: u64,
+    /// Writes are refused (UNAVAILABLE) while the data directory's volume has less free space
+    /// than this, MiB; 0 disables the guard.
+    pub min_free_mb: u64,
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
             cache_capacity_mb: 256,
+            min_free_mb: 64,
         }
     }
 }

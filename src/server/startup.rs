@@ -90,6 +90,7 @@ impl Application {
             })
             .with_context(|| format!("opening the data directory {}", config.data_dir.display()))?,
         );
+        store.set_min_free_mb(config.storage.min_free_mb);
         let audit = Arc::new(
             AuditLog::open(&config.data_dir, clock.clone()).with_context(|| {
                 format!("opening the audit log in {}", config.data_dir.display())

@@ -151,9 +151,16 @@ fn run(shared: Arc<Shared>, db: sled::Db, log_file: File, mut dirs: DirSync) {
         let started = std::time::Instant::now();
         let result = db
             .flush()
-            .map_err(|e| e.to_string())
-            .and_then(|_| log_file.sync_data().map_err(|e| e.to_string()))
-            .and_then(|_| dirs.sync().map_err(|e| e.to_string()));
+            .map_err(|e| match e {
+                sled::Error::Io(io) => super::space::flush_failure(&io),
+                other => other.to_string(),
+            })
+            .and_then(|_| {
+                log_file
+                    .sync_data()
+                    .map_err(|e| super::space::flush_failure(&e))
+            })
+            .and_then(|_| dirs.sync().map_err(|e| super::space::flush_failure(&e)));
         shared.flushes.fetch_add(1, Ordering::Relaxed);
         shared
             .flush_micros

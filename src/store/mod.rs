@@ -7,6 +7,7 @@ mod dir_sync;
 mod group_commit;
 pub mod keys;
 mod sled_store;
+mod space;
 
 use std::future::Future;
 use std::pin::Pin;

@@ -21,6 +21,7 @@ use super::crypto::{self, Crypto, Key, SEALED};
 use super::dir_sync::{DirSync, sync_dir};
 use super::group_commit::{Durable, GroupCommit};
 use super::keys::{self, TreeName};
+use super::space::SpaceGuard;
 use super::{BoxFuture, Store, Ticket};
 use crate::domain::attributes::HistoryEntry;
 use crate::domain::consent::{ConsentRecord, Preferences};
@@ -74,6 +75,8 @@ pub struct SledStore {
     gate: tokio::sync::Mutex<()>,
     /// Unwrapped data keys by profile id.
     data_keys: RwLock<HashMap<[u8; 16], Key>>,
+    /// Refuses writes while the volume is almost full.
+    space: SpaceGuard,
 }
 
 /// How a tree's values are sealed.
@@ -145,8 +148,34 @@ trait Raw {
 
 impl SledStore {
     /// Opens (or creates) the data directory, checks the schema version and starts group
-    /// commit.
+    /// commit. A damaged directory is refused with [`Error::Corrupt`] naming it: sled 0.34 may
+    /// panic on files it cannot parse, so the panic is caught and reported the same way.
     pub fn open(opts: &StoreOptions) -> Result<SledStore> {
+        let damaged = |what: String| {
+            Error::Corrupt(format!(
+                "the data directory {} is damaged ({what}); restore it from a backup \
+                 (`customer-profile restore --from <file> --data-dir <empty dir>`)",
+                opts.path.display()
+            ))
+        };
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Self::open_checked(opts))) {
+            Ok(Ok(store)) => Ok(store),
+            Ok(Err(Error::Corrupt(what))) => Err(damaged(what)),
+            Ok(Err(e)) => Err(e),
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("no message");
+                Err(damaged(format!(
+                    "the storage engine failed reading it: {what}"
+                )))
+            }
+        }
+    }
+
+    fn open_checked(opts: &StoreOptions) -> Result<SledStore> {
         std::fs::create_dir_all(&opts.path).map_err(|e| {
             Error::Unavailable(format!(
                 "cannot create data directory {}: {e}",
@@ -253,6 +282,7 @@ impl SledStore {
             crypto,
             gate: tokio::sync::Mutex::new(()),
             data_keys: RwLock::new(HashMap::new()),
+            space: SpaceGuard::new(opts.path.clone()),
         })
     }
 
@@ -308,6 +338,12 @@ impl SledStore {
         self.group.fail(reason);
     }
 
+    /// Refuse writes (UNAVAILABLE) while the data directory's volume has less than `mb` MiB
+    /// free (`storage.min_free_mb`; 0 disables). Takes effect on the next write.
+    pub fn set_min_free_mb(&self, mb: u64) {
+        self.space.set_min_free_mb(mb);
+    }
+
     /// Number of flushes so far.
     pub fn flushes(&self) -> u64 {
         self.group.flushes()
@@ -323,6 +359,7 @@ impl SledStore {
                 "the store hit a storage fault: {fault}"
             )));
         }
+        self.space.check()?;
         let mut p = Pending {
             store: self,
             writes: vec![BTreeMap::new(); TreeName::ALL.len()],
