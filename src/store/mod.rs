@@ -6,6 +6,8 @@ pub mod crypto;
 mod group_commit;
 pub mod keys;
 mod sled_store;
+#[doc(hidden)]
+pub(crate) use sled_store::decode_idempotent_record;
 
 use std::future::Future;
 use std::pin::Pin;
