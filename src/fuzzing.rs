@@ -69,7 +69,8 @@ fn stable<T: Stored>(what: &str, bytes: &[u8]) -> Result<(), Broken> {
     let Ok(value) = codec::decode::<T>(what, bytes) else {
         return Ok(());
     };
-    let once = codec::encode(&value).map_err(|e| format!("{what}: decoded but not encodable: {e}"))?;
+    let once =
+        codec::encode(&value).map_err(|e| format!("{what}: decoded but not encodable: {e}"))?;
     let back = codec::decode::<T>(what, &once)
         .map_err(|e| format!("{what}: own encoding does not decode: {e}"))?;
     let twice = codec::encode(&back).map_err(|e| format!("{what}: re-encode failed: {e}"))?;
@@ -139,7 +140,8 @@ pub fn config(data: &[u8]) -> Result<(), Broken> {
         return Ok(());
     }
     let _ = config.redacted_toml();
-    let printed = toml::to_string(&config).map_err(|e| format!("valid config does not print: {e}"))?;
+    let printed =
+        toml::to_string(&config).map_err(|e| format!("valid config does not print: {e}"))?;
     let back = read_toml(&printed).map_err(|e| format!("printed config does not read: {e}"))?;
     if back != config {
         return Err(format!("printed config reads back differently:\n{printed}"));
@@ -148,10 +150,11 @@ pub fn config(data: &[u8]) -> Result<(), Broken> {
         .map_err(|e| format!("printed config does not validate: {e}"))
 }
 
-fn read_toml(text: &str) -> Result<Config, figment::Error> {
+fn read_toml(text: &str) -> Result<Config, String> {
     Figment::from(Serialized::defaults(Config::default()))
         .merge(Toml::string(text))
         .extract()
+        .map_err(|e| e.to_string())
 }
 
 /// Request protobufs and their conversion (see [`fuzz_entry::request`]). Every refusal must
@@ -162,6 +165,10 @@ pub fn request(data: &[u8]) -> Result<(), Broken> {
         Some(Err(s)) if s.code() == tonic::Code::InvalidArgument && !s.message().is_empty() => {
             Ok(())
         }
-        Some(Err(s)) => Err(format!("request refused with {:?}: {}", s.code(), s.message())),
+        Some(Err(s)) => Err(format!(
+            "request refused with {:?}: {}",
+            s.code(),
+            s.message()
+        )),
     }
 }

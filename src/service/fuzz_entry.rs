@@ -90,7 +90,10 @@ pub fn request(data: &[u8]) -> Option<Outcome> {
         11 => search(&pb::SearchProfilesRequest::decode(bytes).ok()?),
         12 => rules_convert::filter_in(
             "filter",
-            pb::CountProfilesRequest::decode(bytes).ok()?.filter.as_ref(),
+            pb::CountProfilesRequest::decode(bytes)
+                .ok()?
+                .filter
+                .as_ref(),
         )
         .map(drop),
         13 => entry_in("", &pb::RecordInteractionRequest::decode(bytes).ok()?, NOW).map(drop),
@@ -136,7 +139,10 @@ pub fn request(data: &[u8]) -> Option<Outcome> {
         }
         20 => profile_ref_in(
             "profile",
-            pb::ExportCustomerRequest::decode(bytes).ok()?.profile.as_ref(),
+            pb::ExportCustomerRequest::decode(bytes)
+                .ok()?
+                .profile
+                .as_ref(),
         )
         .map(drop),
         _ => profile_ref_in(
@@ -320,7 +326,9 @@ where
     let again = page_token::encode(&pos, fp);
     let back = page_token::decode::<T>(&again, fp).map_err(|e| format!("{e}"))?;
     if back.as_ref() != Some(&pos) {
-        return Err(format!("page token did not round-trip: {pos:?} -> {back:?}"));
+        return Err(format!(
+            "page token did not round-trip: {pos:?} -> {back:?}"
+        ));
     }
     if page_token::decode::<T>(&again, fp ^ 1).is_ok() {
         return Err("page token accepted for another query".into());

@@ -35,7 +35,11 @@ pub(super) struct Entry {
     request_id: Option<RequestId>,
 }
 
-pub(super) fn entry_in(prefix: &str, r: &pb::RecordInteractionRequest, now: Timestamp) -> Result<Entry> {
+pub(super) fn entry_in(
+    prefix: &str,
+    r: &pb::RecordInteractionRequest,
+    now: Timestamp,
+) -> Result<Entry> {
     let p = |f: &str| convert::path(prefix, f);
     let mut v = Violations::default();
     let key = v.check(profile_ref_in(&p("profile"), r.profile.as_ref()));
