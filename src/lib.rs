@@ -5,6 +5,8 @@ pub mod audit;
 pub mod auth;
 pub mod domain;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod import;
 pub mod server;
 pub mod service;

@@ -29,13 +29,17 @@ const SCOPE: &str = "record_interaction";
 /// InteractionService over the core.
 pub struct InteractionApi(pub Arc<Core>);
 
-struct Entry {
+pub(super) struct Entry {
     key: ProfileKey,
     new: NewInteraction,
     request_id: Option<RequestId>,
 }
 
-fn entry_in(prefix: &str, r: &pb::RecordInteractionRequest, now: Timestamp) -> Result<Entry> {
+pub(super) fn entry_in(
+    prefix: &str,
+    r: &pb::RecordInteractionRequest,
+    now: Timestamp,
+) -> Result<Entry> {
     let p = |f: &str| convert::path(prefix, f);
     let mut v = Violations::default();
     let key = v.check(profile_ref_in(&p("profile"), r.profile.as_ref()));
@@ -92,8 +96,8 @@ async fn record_all(
         .await
 }
 
-#[derive(Serialize, Deserialize)]
-struct ListPosition {
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+pub(super) struct ListPosition {
     occurred_at: i64,
     interaction_id: [u8; 16],
 }

@@ -7,6 +7,8 @@ mod bounded_stream;
 mod consent;
 mod contact;
 pub mod convert;
+#[doc(hidden)]
+pub mod fuzz_entry;
 mod identity;
 mod interaction;
 pub mod page_token;

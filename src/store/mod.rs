@@ -8,6 +8,8 @@ mod group_commit;
 pub mod keys;
 mod sled_store;
 mod space;
+#[doc(hidden)]
+pub(crate) use sled_store::decode_idempotent_record;
 
 use std::future::Future;
 use std::pin::Pin;

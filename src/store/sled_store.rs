@@ -57,6 +57,12 @@ struct IdempotentRecord {
 
 impl super::codec::Stored for IdempotentRecord {}
 
+/// Decodes a stored idempotency record to its response bytes (for the fuzz targets).
+#[doc(hidden)]
+pub(crate) fn decode_idempotent_record(bytes: &[u8]) -> Result<Vec<u8>> {
+    decode::<IdempotentRecord>("idempotency record", bytes).map(|r| r.response)
+}
+
 struct WriterState {
     commit: u64,
     last_change_seq: u64,

@@ -31,6 +31,7 @@ mod consent;
 mod contact;
 mod encryption;
 mod faults;
+mod fuzz_corpus;
 mod helpers;
 mod identity;
 mod import;

@@ -1,0 +1,9 @@
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    if let Err(broken) = customer_profile::fuzzing::identifier(data) {
+        panic!("identifier: {broken}");
+    }
+});
