@@ -101,7 +101,12 @@ impl Server {
             .open(log)
             .expect("server log file");
         let child = Command::new(env!("CARGO_BIN_EXE_customer-profile"))
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--data-dir",
+            ])
             .arg(dir)
             .env("CUSTOMER_PROFILE_METRICS__ENABLED", "false")
             .env("RUST_LOG", "warn")
@@ -124,12 +129,7 @@ impl Server {
         loop {
             if let Some(status) = self.child.try_wait().expect("poll the server") {
                 let tail = std::fs::read_to_string(log).unwrap_or_default();
-                let tail: String = tail
-                    .lines()
-                    .rev()
-                    .take(20)
-                    .collect::<Vec<_>>()
-                    .join("\n");
+                let tail: String = tail.lines().rev().take(20).collect::<Vec<_>>().join("\n");
                 panic!("the server exited during start ({status}); its last log lines:\n{tail}");
             }
             assert!(
@@ -276,7 +276,7 @@ enum Reply {
     Resolve(pb::ResolveResponse),
     Merge(pb::MergeProfilesResponse),
     Unmerge(pb::UnmergeProfilesResponse),
-    Update(pb::UpdateProfileResponse),
+    Update(Box<pb::UpdateProfileResponse>),
     Record(pb::RecordInteractionResponse),
     Consent(pb::RecordConsentResponse),
     Contact(pb::CheckContactResponse),
@@ -286,15 +286,13 @@ impl Op {
     async fn send(&self, c: &Clients) -> Result<Reply, Status> {
         Ok(match self.clone() {
             Op::Resolve(r) => Reply::Resolve(c.identity.clone().resolve(r).await?.into_inner()),
-            Op::Merge(r) => {
-                Reply::Merge(c.identity.clone().merge_profiles(r).await?.into_inner())
-            }
+            Op::Merge(r) => Reply::Merge(c.identity.clone().merge_profiles(r).await?.into_inner()),
             Op::Unmerge(r) => {
                 Reply::Unmerge(c.identity.clone().unmerge_profiles(r).await?.into_inner())
             }
-            Op::Update(r) => {
-                Reply::Update(c.profiles.clone().update_profile(r).await?.into_inner())
-            }
+            Op::Update(r) => Reply::Update(Box::new(
+                c.profiles.clone().update_profile(r).await?.into_inner(),
+            )),
             Op::Record(r) => Reply::Record(
                 c.interactions
                     .clone()
@@ -465,12 +463,12 @@ impl Writer {
                     let other = self
                         .claims
                         .iter()
-                        .filter(|(i, o)| {
+                        .rev()
+                        .find(|(i, o)| {
                             i.kind == pb::IdentifierKind::Email as i32
                                 && self.canonical(o) != self.canonical(&p)
                         })
-                        .map(|(i, _)| i.clone())
-                        .last();
+                        .map(|(i, _)| i.clone());
                     identifiers.extend(other);
                 } else {
                     let d = self.next_id("d");
@@ -633,7 +631,8 @@ impl Writer {
                     Some(pb::profile_ref::Ref::ProfileId(p)) => p.clone(),
                     other => panic!("recorded by id only: {other:?}"),
                 };
-                self.interactions.push((p.clone(), i.interaction_id.clone()));
+                self.interactions
+                    .push((p.clone(), i.interaction_id.clone()));
                 self.saw(&i.profile_id, r.version, true);
                 self.pair = match std::mem::take(&mut self.pair) {
                     PairStep::RecordA(a, b) => PairStep::RecordB(a, b),
@@ -729,6 +728,8 @@ struct Totals {
     feed_events: u64,
     replays: u64,
     recovery_kills: u64,
+    /// Requests cut off by a kill and sent again after the restart.
+    retried: u64,
 }
 
 /// Checks everything `w` was promised about the profiles it touched since the last check and
@@ -756,7 +757,9 @@ async fn verify(w: &mut Writer, c: &Clients, sample: &mut Rng, all: bool, t: &mu
         .filter(|(_, p)| subjects.contains(p) || live.contains(&w.canonical(p)))
         .cloned()
         .collect();
-    let found = c.owners(claims.iter().map(|(i, _)| i.clone()).collect()).await;
+    let found = c
+        .owners(claims.iter().map(|(i, _)| i.clone()).collect())
+        .await;
     for ((i, p), r) in claims.iter().zip(&found) {
         assert!(
             r.found && r.profile_id == w.canonical(p),
@@ -1041,6 +1044,7 @@ async fn sigkill_at_random_moments_loses_no_acknowledged_write() {
         let (mark, _) = read_feed(&c, head, &format!("{tag}-a")).await;
         replay_last(&writers, &c, mark, &format!("{tag}-b"), &mut t).await;
         for w in &mut writers {
+            t.retried += u64::from(w.pending.is_some());
             w.retry_pending(&c).await;
         }
         let last = cycle + 1 == cycles;
@@ -1067,14 +1071,22 @@ async fn sigkill_at_random_moments_loses_no_acknowledged_write() {
         head = new_head;
     }
     server.kill();
+    // The audit log survived the kills as an intact hash chain (a torn last entry is cut off
+    // at open).
+    let audit_log = customer_profile::audit::log_path(&data);
+    match customer_profile::audit::verify(&audit_log).expect("read the audit log") {
+        customer_profile::audit::Verdict::Intact { entries } => assert!(entries > 0),
+        broken => panic!("the audit log is broken after the kills: {broken:?}"),
+    }
     t.acked = writers.iter().map(|w| w.acked).sum();
     eprintln!(
         "crash harness: seed={seed:#x} cycles={cycles} recovery_kills={} acked_writes={} \
-         checks={} replays={} feed_events={} lost=0 violations=0 wall={:.1}s",
+         checks={} replays={} cut_off_and_resent={} feed_events={} lost=0 violations=0 wall={:.1}s",
         t.recovery_kills,
         t.acked,
         t.checks,
         t.replays,
+        t.retried,
         t.feed_events,
         started.elapsed().as_secs_f64()
     );
