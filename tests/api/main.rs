@@ -29,6 +29,7 @@ mod changes;
 mod concurrency;
 mod consent;
 mod contact;
+mod crash;
 mod encryption;
 mod faults;
 mod fuzz_corpus;
