@@ -5,6 +5,7 @@ pub mod codec;
 pub mod crypto;
 mod group_commit;
 pub mod keys;
+mod mark;
 mod sled_store;
 mod space;
 

@@ -390,3 +390,164 @@ async fn running_out_of_space_inside_a_flush_faults_the_store_and_a_restart_reco
         .expect("writes after the restart");
     node.stop().await;
 }
+
+// ------------------------------------------------------------------ damaged files
+
+/// Copies a directory tree (data directories are flat apart from sled's `blobs/`).
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("create copy");
+    for entry in std::fs::read_dir(from).expect("read dir") {
+        let entry = entry.expect("entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy file");
+        }
+    }
+}
+
+/// A data directory with `n` profiles, written by a real server and stopped; returns it and
+/// what each profile read as.
+async fn pristine(n: usize) -> (tempfile::TempDir, Vec<pb::Profile>) {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut node = try_start(config_at(dir.path(), 0)).await.expect("start");
+    let mut ids = Vec::new();
+    for i in 0..n {
+        ids.push(
+            node.try_create(&format!("customer-{i}@example.com"))
+                .await
+                .expect("create"),
+        );
+    }
+    let mut profiles = Vec::new();
+    for id in &ids {
+        profiles.push(node.try_get(by_id(id)).await.expect("read"));
+    }
+    node.stop().await;
+    (dir, profiles)
+}
+
+/// What a restarted server made of a damaged directory.
+#[derive(Debug)]
+enum Outcome {
+    /// Start-up refused, with this error.
+    Refused(String),
+    /// Started; per profile: served equal, DATA_LOSS, or something else (wrong).
+    Served {
+        equal: usize,
+        data_loss: usize,
+        wrong: Vec<String>,
+    },
+}
+
+async fn outcome(dir: &Path, expected: &[pb::Profile]) -> Outcome {
+    let mut node = match try_start(config_at(dir, 0)).await {
+        Ok(node) => node,
+        Err(e) => return Outcome::Refused(format!("{e:#}")),
+    };
+    let (mut equal, mut data_loss, mut wrong) = (0, 0, Vec::new());
+    for p in expected {
+        match node.try_get(by_id(&p.profile_id)).await {
+            Ok(got) if &got == p => equal += 1,
+            Ok(got) => wrong.push(format!("served different data: {got:?}")),
+            Err(s) if s.code() == Code::DataLoss => data_loss += 1,
+            Err(s) => wrong.push(format!("{:?}: {}", s.code(), s.message())),
+        }
+    }
+    if let Some(s) = node.server.take() {
+        let _ = s.stop().await;
+    }
+    Outcome::Served {
+        equal,
+        data_loss,
+        wrong,
+    }
+}
+
+fn flip_middle(path: &Path, len: usize) {
+    let mut bytes = std::fs::read(path).expect("read file");
+    let mid = bytes.len() / 2;
+    for b in bytes.iter_mut().skip(mid).take(len) {
+        *b ^= 0xFF;
+    }
+    std::fs::write(path, bytes).expect("write file");
+}
+
+fn snapshot_file(dir: &Path) -> Option<std::path::PathBuf> {
+    std::fs::read_dir(dir)
+        .expect("read dir")
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("snap."))
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_log_file_is_refused_at_open_with_the_data_directory_named() {
+    let (pristine, expected) = pristine(40).await;
+    let listing: Vec<String> = std::fs::read_dir(pristine.path())
+        .expect("ls")
+        .filter_map(|e| e.ok())
+        .map(|e| {
+            format!(
+                "{} ({} bytes)",
+                e.file_name().to_string_lossy(),
+                e.metadata().map(|m| m.len()).unwrap_or(0)
+            )
+        })
+        .collect();
+    println!("data directory: {listing:?}");
+    type Damage = Box<dyn Fn(&Path)>;
+    let mut cases: Vec<(&str, Damage)> = vec![
+        (
+            "db: 16 bytes flipped in the middle",
+            Box::new(|d| flip_middle(&d.join("db"), 16)),
+        ),
+        (
+            "db: 1 byte flipped in the middle",
+            Box::new(|d| flip_middle(&d.join("db"), 1)),
+        ),
+        (
+            "db: truncated to half",
+            Box::new(|d| {
+                let f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(d.join("db"))
+                    .expect("open");
+                let len = f.metadata().expect("meta").len();
+                f.set_len(len / 2).expect("truncate");
+            }),
+        ),
+        (
+            "db: emptied",
+            Box::new(|d| std::fs::write(d.join("db"), b"").expect("empty")),
+        ),
+        (
+            "conf: garbled",
+            Box::new(|d| {
+                std::fs::write(d.join("conf"), b"\x00garbage\xff\xfe not a config").expect("garble")
+            }),
+        ),
+    ];
+    if snapshot_file(pristine.path()).is_some() {
+        cases.push((
+            "snapshot: 16 bytes flipped in the middle",
+            Box::new(|d| flip_middle(&snapshot_file(d).expect("snapshot"), 16)),
+        ));
+    }
+    let mut failures: Vec<String> = Vec::new();
+    for (name, damage) in &cases {
+        let copy = tempfile::tempdir().expect("dir");
+        let dir = copy.path().join("data");
+        copy_dir(pristine.path(), &dir);
+        damage(&dir);
+        let got = outcome(&dir, &expected).await;
+        println!("{name}: {got:?}");
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+    let _ = &mut failures;
+}
