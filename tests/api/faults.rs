@@ -604,3 +604,79 @@ async fn damaged_directories_are_refused(restart_half_way: bool) {
         other => panic!("the undamaged store: {other:?}"),
     }
 }
+
+/// Opens `dir` with sled directly (the server stopped) and flips one byte in the middle of the
+/// stored value of `profile_id` in the `profiles` tree. sled's own checksums stay valid: only
+/// the value's authentication tag can tell.
+fn flip_a_stored_profile_value(dir: &Path, profile_id: &str) {
+    let id = uuid::Uuid::parse_str(profile_id).expect("profile id is a UUID");
+    // sled's file lock is released a moment after the server closed the store.
+    let mut attempts = 0;
+    let db = loop {
+        match sled::Config::new().path(dir).open() {
+            Ok(db) => break db,
+            Err(_) if attempts < 250 => {
+                attempts += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("opening the stopped store with sled: {e}"),
+        }
+    };
+    let tree = db.open_tree("profiles").expect("profiles tree");
+    let mut value = tree
+        .get(id.as_bytes())
+        .expect("read")
+        .expect("the profile's stored value")
+        .to_vec();
+    let mid = value.len() / 2;
+    value[mid] ^= 0x01;
+    tree.insert(id.as_bytes(), value).expect("overwrite");
+    db.flush().expect("flush");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flipped_byte_in_a_stored_value_is_data_loss_not_wrong_data() {
+    let dir = tempfile::tempdir().expect("dir");
+    let data = dir.path().join("data");
+    let mut node = try_start(config_at(&data, 0)).await.expect("start");
+    let victim = node.try_create("victim@example.com").await.expect("create");
+    let other = node.try_create("other@example.com").await.expect("create");
+    let victim_before = node.try_get(by_id(&victim)).await.expect("read");
+    let other_before = node.try_get(by_id(&other)).await.expect("read");
+    node.stop().await;
+    let backup = dir.path().join("copy");
+    copy_dir(&data, &backup);
+
+    flip_a_stored_profile_value(&data, &victim);
+
+    let mut node = try_start(config_at(&data, 0))
+        .await
+        .expect("the store opens: sled's files are intact");
+    for by in [by_id(&victim), by_ident(email("victim@example.com"))] {
+        let err = node
+            .try_get(by.clone())
+            .await
+            .expect_err("a damaged value is never served");
+        assert_eq!(err.code(), Code::DataLoss, "{by:?}: {err:?}");
+        assert!(err.message().contains("corrupt"), "{err:?}");
+    }
+    assert_eq!(
+        node.try_get(by_id(&other))
+            .await
+            .expect("other profiles are served"),
+        other_before
+    );
+    node.stop().await;
+
+    // Put the copy back: served again, exactly.
+    std::fs::remove_dir_all(&data).expect("remove damaged directory");
+    copy_dir(&backup, &data);
+    let mut node = try_start(config_at(&data, 0))
+        .await
+        .expect("start on the copy");
+    assert_eq!(
+        node.try_get(by_id(&victim)).await.expect("served again"),
+        victim_before
+    );
+    node.stop().await;
+}
