@@ -6,6 +6,7 @@ pub mod crypto;
 mod dir_sync;
 mod group_commit;
 pub mod keys;
+mod mark;
 mod sled_store;
 mod space;
 #[doc(hidden)]

@@ -21,6 +21,7 @@ use super::crypto::{self, Crypto, Key, SEALED};
 use super::dir_sync::{DirSync, sync_dir};
 use super::group_commit::{Durable, GroupCommit};
 use super::keys::{self, TreeName};
+use super::mark::{self, Marker};
 use super::space::SpaceGuard;
 use super::{BoxFuture, Store, Ticket};
 use crate::domain::attributes::HistoryEntry;
@@ -83,6 +84,8 @@ pub struct SledStore {
     data_keys: RwLock<HashMap<[u8; 16], Key>>,
     /// Refuses writes while the volume is almost full.
     space: SpaceGuard,
+    /// Keeps `store.mark` following durability (detects a log that lost durable data).
+    marker: Marker,
 }
 
 /// How a tree's values are sealed.
@@ -204,12 +207,14 @@ impl SledStore {
                     attempts += 1;
                     std::thread::sleep(std::time::Duration::from_millis(20));
                 }
-                Err(e) => {
+                Err(sled::Error::Io(e)) => {
                     return Err(Error::Unavailable(format!(
                         "cannot open data directory {} (is another server using it?): {e}",
                         opts.path.display()
                     )));
                 }
+                // Unreadable configuration or log: the files are damaged.
+                Err(e) => return Err(Error::Corrupt(e.to_string())),
             }
         };
         let trees = TreeName::ALL
@@ -223,6 +228,8 @@ impl SledStore {
                 None => Ok(0),
             }
         };
+        // Before anything is written: a store that lost durable data is refused as it is.
+        mark::check(&opts.path, read_u64(keys::META_LAST_CHANGE_SEQ)?)?;
         check_schema(meta, &trees[TreeName::Profiles.index()])?;
         let crypto = Crypto::new(&opts.master_key);
         match meta.get(keys::META_MASTER_KEY_CHECK).map_err(sled_err)? {
@@ -274,6 +281,7 @@ impl SledStore {
             },
         )
         .map_err(|e| Error::Unavailable(format!("cannot start the flusher thread: {e}")))?;
+        let marker = Marker::start(&opts.path, group.subscribe())?;
         Ok(SledStore {
             db,
             trees,
@@ -289,6 +297,7 @@ impl SledStore {
             gate: tokio::sync::Mutex::new(()),
             data_keys: RwLock::new(HashMap::new()),
             space: SpaceGuard::new(opts.path.clone()),
+            marker,
         })
     }
 
@@ -1455,7 +1464,8 @@ impl Store for SledStore {
         self.writer.lock().closed = true;
         self.group.stop();
         self.db.flush().map_err(sled_err)?;
-        Ok(())
+        let durable = self.group.subscribe().borrow().change_seq;
+        self.marker.close(durable)
     }
 }
 

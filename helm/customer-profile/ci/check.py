@@ -240,6 +240,7 @@ def check_config(case: str, configmap: dict, values: dict) -> dict:
         ("metrics", "listen"): "0.0.0.0:9090",
         ("log", "format"): values["log"]["format"],
         ("storage", "cache_capacity_mb"): values["storage"]["cacheCapacityMb"],
+        ("storage", "min_free_mb"): values["storage"]["minFreeMb"],
         ("changes", "retention_secs"): values["changes"]["retentionSeconds"],
         ("idempotency", "retention_secs"): values["idempotency"]["retentionSeconds"],
         ("consent", "default_grant_months"): values["consent"]["defaultGrantMonths"],

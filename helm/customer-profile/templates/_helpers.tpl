@@ -118,7 +118,7 @@ deep-merged over them, then the keys the chart owns.
 {{- $cfg := dict
   "log" (dict "format" $v.log.format "filter" $v.log.filter)
   "shutdown" (dict "grace_secs" $v.shutdown.graceSeconds)
-  "storage" (dict "cache_capacity_mb" $v.storage.cacheCapacityMb)
+  "storage" (dict "cache_capacity_mb" $v.storage.cacheCapacityMb "min_free_mb" $v.storage.minFreeMb)
   "changes" (dict "retention_secs" $v.changes.retentionSeconds)
   "idempotency" (dict "retention_secs" $v.idempotency.retentionSeconds)
   "consent" (dict "default_grant_months" $v.consent.defaultGrantMonths "max_grant_months" $v.consent.maxGrantMonths)
