@@ -1,6 +1,8 @@
 //! Overload protection (SPEC §11): the `[limits]` configuration and the tower layer that sheds
 //! calls beyond the concurrency budget and the per-principal rate limits, answering
-//! RESOURCE_EXHAUSTED at once (no queue) with a RetryInfo hint.
+//! RESOURCE_EXHAUSTED at once (no queue) with a RetryInfo hint. Admitted calls that then wait
+//! too long for a CPU (the runtime's run queue is the one queue left) are refused unstarted:
+//! under a flood the server spends its time on calls that can still finish in time.
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -55,6 +57,13 @@ pub struct LimitsConfig {
     /// A stream whose buffer stays full this long (the client does not read) is ended with
     /// RESOURCE_EXHAUSTED, milliseconds.
     pub stream_stall_ms: u64,
+    /// Queue-time shedding, milliseconds: when even the shortest wait for a CPU in the last
+    /// `queue_interval_ms` was longer than this (a standing queue: overload), every admitted
+    /// call that waited longer than this before its handler started is refused unstarted.
+    pub queue_target_ms: u64,
+    /// The window over which queue time is judged, milliseconds; outside overload it is also
+    /// the longest an admitted call may wait for a CPU before it is refused unstarted.
+    pub queue_interval_ms: u64,
     /// Token-bucket rate limits by principal name; `"*"` applies to every principal not
     /// listed (the development principal is `local`). No entry = unlimited.
     pub rate_limits: BTreeMap<String, RateLimit>,
@@ -81,6 +90,8 @@ impl Default for LimitsConfig {
             max_reply_bytes: 64 * 1024 * 1024,
             stream_buffer: 256,
             stream_stall_ms: 10_000,
+            queue_target_ms: 20,
+            queue_interval_ms: 100,
             rate_limits: BTreeMap::new(),
         }
     }
@@ -100,6 +111,8 @@ impl LimitsConfig {
             ("limits.max_reply_bytes", self.max_reply_bytes as u64),
             ("limits.stream_buffer", self.stream_buffer as u64),
             ("limits.stream_stall_ms", self.stream_stall_ms),
+            ("limits.queue_target_ms", self.queue_target_ms),
+            ("limits.queue_interval_ms", self.queue_interval_ms),
         ];
         for (key, v) in positive {
             if v == 0 {
@@ -110,6 +123,12 @@ impl LimitsConfig {
             return Err(ConfigError(
                 "limits.max_message_bytes must be at most 67108864 (64 MiB)".into(),
             ));
+        }
+        if self.queue_interval_ms < self.queue_target_ms {
+            return Err(ConfigError(format!(
+                "limits.queue_interval_ms ({}) must be at least limits.queue_target_ms ({})",
+                self.queue_interval_ms, self.queue_target_ms
+            )));
         }
         let known: Vec<&str> = principals.into_iter().collect();
         for (name, rl) in &self.rate_limits {
@@ -176,6 +195,65 @@ impl Bucket {
     }
 }
 
+/// Queue-time judgement in the manner of CoDel: the shortest queue time seen in each interval
+/// tells a passing burst (some calls still go straight through) from a standing queue (none
+/// do). Judging the minimum, not the mean, keeps one slow moment from tripping it.
+#[derive(Debug)]
+struct QueueClock {
+    target: Duration,
+    interval: Duration,
+    /// When the current interval ends.
+    interval_end: Instant,
+    /// Shortest queue time seen in the current interval.
+    min: Option<Duration>,
+    /// The last full interval's shortest queue time exceeded the target.
+    overloaded: bool,
+}
+
+/// Why an admitted call is refused unstarted: how long it waited, the limit, and its key.
+#[derive(Debug, PartialEq)]
+struct Overdue {
+    waited: Duration,
+    limit: Duration,
+    key: &'static str,
+}
+
+impl QueueClock {
+    fn new(target: Duration, interval: Duration, now: Instant) -> QueueClock {
+        QueueClock {
+            target,
+            interval,
+            interval_end: now + interval,
+            min: None,
+            overloaded: false,
+        }
+    }
+
+    /// Records a call that waited `waited` before it was scheduled at `now`; says whether it
+    /// may start.
+    fn judge(&mut self, waited: Duration, now: Instant) -> Result<(), Overdue> {
+        if now >= self.interval_end {
+            // The interval just ended judges; one with no call at all (an idle spell since
+            // the last call) is no evidence of a queue.
+            let idle = now >= self.interval_end + self.interval;
+            self.overloaded = !idle && self.min.is_some_and(|m| m > self.target);
+            self.min = None;
+            self.interval_end = now + self.interval;
+        }
+        self.min = Some(self.min.map_or(waited, |m| m.min(waited)));
+        let (limit, key) = if self.overloaded {
+            (self.target, "limits.queue_target_ms")
+        } else {
+            (self.interval, "limits.queue_interval_ms")
+        };
+        if waited > limit {
+            Err(Overdue { waited, limit, key })
+        } else {
+            Ok(())
+        }
+    }
+}
+
 /// State shared by every connection's copy of the layer.
 struct Shared {
     in_flight: Arc<Semaphore>,
@@ -185,6 +263,7 @@ struct Shared {
     /// Principal name → bucket; fixed at start (principals come from configuration), so
     /// callers cannot grow it.
     buckets: HashMap<String, parking_lot::Mutex<Bucket>>,
+    queue: parking_lot::Mutex<QueueClock>,
     metrics: Option<Arc<Metrics>>,
 }
 
@@ -220,6 +299,11 @@ impl LimitsLayer {
                 max_in_flight: config.max_in_flight,
                 max_streams: config.max_streams,
                 buckets,
+                queue: parking_lot::Mutex::new(QueueClock::new(
+                    Duration::from_millis(config.queue_target_ms),
+                    Duration::from_millis(config.queue_interval_ms),
+                    now,
+                )),
                 metrics,
             }),
         }
@@ -289,6 +373,24 @@ impl Shared {
         })
     }
 
+    /// Called when an admitted call's handler is about to start, `waited` after it arrived.
+    fn on_schedule(&self, waited: Duration) -> Result<(), Status> {
+        let judged = self.queue.lock().judge(waited, Instant::now());
+        judged.map_err(|o| {
+            self.shed("queue_time");
+            exhausted(
+                "QUEUE_TIMEOUT",
+                format!(
+                    "the server is overloaded: this call waited {} ms for a CPU, longer than the {} ms allowed ({}), and was refused without starting; back off and retry later",
+                    o.waited.as_millis(),
+                    o.limit.as_millis(),
+                    o.key
+                ),
+                SHED_RETRY_AFTER,
+            )
+        })
+    }
+
     fn admit(&self, path: &str) -> Result<OwnedSemaphorePermit, Status> {
         if STREAMING_METHODS.contains(&path) {
             self.streams.clone().try_acquire_owned().map_err(|_| {
@@ -347,8 +449,19 @@ where
             .and_then(|()| self.shared.admit(path));
         match admitted {
             Ok(permit) => {
+                // Building the inner future only routes the call; its handler runs when it is
+                // first polled, so a call refused below has done no work and written nothing.
+                let arrived = Instant::now();
                 let fut = self.inner.call(req);
+                let shared = self.shared.clone();
                 Box::pin(async move {
+                    // Hyper runs each call as its own task: the time from arrival to this first
+                    // poll is the time the call sat in the run queue.
+                    if let Err(status) = shared.on_schedule(arrived.elapsed()) {
+                        drop(fut);
+                        drop(permit);
+                        return Ok(status.into_http::<ResBody>().map(PermitBody::without));
+                    }
                     let resp = fut.await?;
                     // A unary call's work is done when its reply is ready; a stream's goes on
                     // until its body ends, so its slot travels with the body.
@@ -446,6 +559,39 @@ mod tests {
             assert!(b.take(later).is_ok());
         }
         assert!(b.take(later).is_err());
+    }
+
+    #[test]
+    fn queue_time_refuses_beyond_the_interval_and_beyond_the_target_only_under_a_standing_queue() {
+        let ms = Duration::from_millis;
+        let t0 = Instant::now();
+        let mut q = QueueClock::new(ms(10), ms(100), t0);
+        // Not overloaded: only a wait beyond the interval is refused.
+        assert!(q.judge(ms(50), t0).is_ok());
+        let over = q.judge(ms(150), t0 + ms(1)).err();
+        assert_eq!(over.map(|o| o.key), Some("limits.queue_interval_ms"));
+        // The whole interval's shortest wait was 50 ms > 10 ms: a standing queue.
+        assert!(q.judge(ms(20), t0 + ms(100)).is_err());
+        let over = q.judge(ms(11), t0 + ms(101)).err();
+        assert_eq!(over.map(|o| o.key), Some("limits.queue_target_ms"));
+        assert!(q.judge(ms(2), t0 + ms(102)).is_ok());
+        // That interval saw a 2 ms wait: the queue drained, back to the lenient limit.
+        assert!(q.judge(ms(50), t0 + ms(200)).is_ok());
+        // That interval's shortest wait was 50 ms, but a whole idle interval followed it:
+        // no evidence of a queue now.
+        assert!(q.judge(ms(50), t0 + ms(400)).is_ok());
+        assert!(q.judge(ms(20), t0 + ms(500)).is_err());
+    }
+
+    #[test]
+    fn queue_interval_must_cover_the_target() {
+        let c = LimitsConfig {
+            queue_target_ms: 200,
+            queue_interval_ms: 100,
+            ..LimitsConfig::default()
+        };
+        let err = c.validate([]).err().map(|e| e.0).unwrap_or_default();
+        assert!(err.contains("limits.queue_interval_ms"), "{err}");
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Overload protection and limits (issue 8): calls beyond `max_in_flight` are refused at once
 //! with RESOURCE_EXHAUSTED (health is never refused), per-principal rate limits, a change-stream
 //! consumer that stops reading is cut off while a reading one keeps going, message and list
-//! size limits, and a write cut off by its deadline writes nothing and is safely retried.
+//! size limits, a write cut off by its deadline writes nothing and is safely retried, and an
+//! admitted call that waited too long for a CPU is refused unstarted.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -572,5 +573,102 @@ async fn a_write_cut_off_by_its_deadline_writes_nothing_and_its_retry_writes_onc
         .expect("list")
         .into_inner();
     assert_eq!(listed.interactions.len(), 1, "{listed:?}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn while_overloaded_a_call_that_waited_too_long_is_refused_unstarted_and_writes_nothing() {
+    let server = Server::start(|c| {
+        c.limits.queue_target_ms = 5;
+        c.limits.queue_interval_ms = 20;
+    })
+    .await;
+    // The test and the server share this runtime's one thread. Each round sends writes, lets
+    // the runtime turn a varying number of times (so the server has accepted some of them but
+    // not yet started their handlers), then keeps the thread busy for 60 ms: those calls sit in
+    // the run queue three times longer than `queue_interval_ms`, as under a flood.
+    let mut refused = Vec::new();
+    let mut served = Vec::new();
+    for round in 0..300 {
+        let mut calls = Vec::new();
+        for _ in 0..4 {
+            let value = format!("{}@example.com", unique("queued"));
+            let mut identity = server.identity();
+            let req = resolve_req(&value);
+            calls.push((
+                value,
+                tokio::spawn(async move { identity.resolve(req).await }),
+            ));
+        }
+        for _ in 0..(round % 24) {
+            tokio::task::yield_now().await;
+        }
+        std::thread::sleep(Duration::from_millis(60));
+        for (value, call) in calls {
+            match call.await.expect("task") {
+                Ok(r) => served.push((value, r.into_inner().profile_id)),
+                Err(s) => refused.push((value, s)),
+            }
+        }
+        if !refused.is_empty() && !served.is_empty() {
+            break;
+        }
+    }
+    assert!(
+        !refused.is_empty(),
+        "no call was refused for its queue time"
+    );
+    for (value, status) in &refused {
+        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+        assert!(
+            status.message().contains("refused without starting")
+                && status.message().contains("limits.queue_interval_ms")
+                && status.message().contains("back off"),
+            "{status:?}"
+        );
+        let details = status.get_error_details();
+        assert_eq!(
+            details.error_info().map(|e| e.reason.as_str()),
+            Some("QUEUE_TIMEOUT")
+        );
+        assert!(details.retry_info().and_then(|r| r.retry_delay).is_some());
+        // Refused unstarted: the identifier belongs to no profile.
+        let found = server
+            .identity()
+            .lookup_profile_ids(lookup_req(value))
+            .await
+            .expect("lookup")
+            .into_inner();
+        assert!(!found.results[0].found, "{value} was written: {found:?}");
+    }
+    // Served calls wrote their profile; a refused call's retry, sent normally, is served.
+    for (value, id) in &served {
+        let found = server
+            .identity()
+            .lookup_profile_ids(lookup_req(value))
+            .await
+            .expect("lookup")
+            .into_inner();
+        assert_eq!(&found.results[0].profile_id, id, "{value}");
+    }
+    let (value, _) = &refused[0];
+    let retried = server
+        .identity()
+        .resolve(resolve_req(value))
+        .await
+        .expect("the retry is served once the queue is gone")
+        .into_inner();
+    let found = server
+        .identity()
+        .lookup_profile_ids(lookup_req(value))
+        .await
+        .expect("lookup")
+        .into_inner();
+    assert_eq!(found.results[0].profile_id, retried.profile_id);
+    let metrics = server.scrape().await;
+    assert!(
+        sample(&metrics, "grpc_requests_shed_total{reason=\"queue_time\"}") >= refused.len() as f64,
+        "{metrics}"
+    );
     server.stop().await;
 }
