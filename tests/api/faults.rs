@@ -92,6 +92,8 @@ async fn a_storage_fault_turns_health_not_serving_and_refuses_writes() {
         .expect_err("the refused write wrote nothing");
     assert_eq!(missing.code(), Code::NotFound);
     drop(watch);
+    // Stop waits (up to 30 s) for every handle on the store to go: let go of ours first.
+    drop(store);
     let _ = server.stop().await;
 }
 
