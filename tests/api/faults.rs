@@ -244,7 +244,7 @@ async fn a_full_disk_refuses_writes_serves_reads_and_recovers_when_space_returns
         // Fallback where mounting is denied: the guard trips on a real directory when the
         // threshold is above the space there is; recovery cannot be shown without freeing
         // space, so only refusal and reads are checked.
-        println!(
+        eprintln!(
             "FALLBACK: cannot mount a tmpfs here; checking refusal with storage.min_free_mb above \
              the free space of a temporary directory (recovery not exercised)"
         );
@@ -322,7 +322,7 @@ async fn a_full_disk_refuses_writes_serves_reads_and_recovers_when_space_returns
 #[tokio::test]
 async fn running_out_of_space_inside_a_flush_faults_the_store_and_a_restart_recovers() {
     let Some(fs) = Tmpfs::mount(16) else {
-        println!("SKIPPED: cannot mount a tmpfs here (needs root and a container that allows it)");
+        eprintln!("SKIPPED: cannot mount a tmpfs here (needs root and a container that allows it)");
         return;
     };
     let data = fs.path().join("data");
@@ -353,7 +353,7 @@ async fn running_out_of_space_inside_a_flush_faults_the_store_and_a_restart_reco
     }
     let err = refused.expect("a write fails once the disk is full");
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
-    println!("write on a full disk: {}", err.message());
+    eprintln!("write on a full disk: {}", err.message());
     for says in ["disk full", "restart the server", "same request_id"] {
         assert!(err.message().contains(says), "{says:?} in {err:?}");
     }
@@ -381,7 +381,7 @@ async fn running_out_of_space_inside_a_flush_faults_the_store_and_a_restart_reco
         .await
         .expect("restart after space returned");
     assert_eq!(node.health().await, ServingStatus::Serving);
-    println!(
+    eprintln!(
         "{} writes acknowledged before the disk filled",
         acknowledged.len()
     );
@@ -527,7 +527,7 @@ async fn damaged_directories_are_refused(restart_half_way: bool) {
             )
         })
         .collect();
-    println!("data directory: {listing:?}");
+    eprintln!("data directory: {listing:?}");
     type Damage = Box<dyn Fn(&Path)>;
     let mut cases: Vec<(&str, Damage)> = vec![
         (
@@ -565,7 +565,7 @@ async fn damaged_directories_are_refused(restart_half_way: bool) {
         ),
     ];
     if snapshot_file(pristine.path()).is_none() {
-        println!("no snapshot file in the data directory: that case is not exercised");
+        eprintln!("no snapshot file in the data directory: that case is not exercised");
     } else {
         cases.push((
             "snapshot: 16 bytes flipped in the middle",
@@ -579,7 +579,7 @@ async fn damaged_directories_are_refused(restart_half_way: bool) {
         copy_dir(pristine.path(), &dir);
         damage(&dir);
         let got = outcome(&dir, &expected).await;
-        println!("{name}: {got:?}");
+        eprintln!("{name}: {got:?}");
         match got {
             Outcome::Refused(e) => {
                 let named = e.contains(&dir.display().to_string());
