@@ -241,29 +241,11 @@ const GUARD_RECHECK: Duration = Duration::from_millis(250);
 #[tokio::test]
 async fn a_full_disk_refuses_writes_serves_reads_and_recovers_when_space_returns() {
     let Some(fs) = Tmpfs::mount(16) else {
-        // Fallback where mounting is denied: the guard trips on a real directory when the
-        // threshold is above the space there is; recovery cannot be shown without freeing
-        // space, so only refusal and reads are checked.
         eprintln!(
-            "FALLBACK: cannot mount a tmpfs here; checking refusal with storage.min_free_mb above \
-             the free space of a temporary directory (recovery not exercised)"
+            "FALLBACK: cannot mount a tmpfs here; storage.min_free_mb set above the free space \
+             of a temporary directory, then lowered in the running store"
         );
-        let dir = tempfile::tempdir().expect("dir");
-        let mut node = try_start(config_at(dir.path(), 0)).await.expect("start");
-        let p = node.try_create("kept@example.com").await.expect("write");
-        node.stop().await;
-        let mut node = try_start(config_at(dir.path(), u64::MAX / (1 << 21)))
-            .await
-            .expect("start");
-        let err = node
-            .try_create("refused@example.com")
-            .await
-            .expect_err("refused");
-        assert_eq!(err.code(), Code::Unavailable, "{err:?}");
-        assert!(err.message().contains("disk almost full"), "{err:?}");
-        assert_eq!(node.try_get(by_id(&p)).await.expect("read").profile_id, p);
-        node.stop().await;
-        return;
+        return disk_full_fallback().await;
     };
     let data = fs.path().join("data");
     let mut node = try_start(config_at(&data, 4))
@@ -316,6 +298,52 @@ async fn a_full_disk_refuses_writes_serves_reads_and_recovers_when_space_returns
         later
     );
     assert_eq!(node.health().await, ServingStatus::Serving);
+    node.stop().await;
+}
+
+/// Where mounting is denied: the guard trips on a real directory when the threshold is above
+/// the space there is; lowering it in the running store stands for space returning.
+async fn disk_full_fallback() {
+    let dir = tempfile::tempdir().expect("dir");
+    // About 8 EiB: more than any volume has.
+    let app = Application::build(
+        config_at(dir.path(), 1 << 43),
+        Arc::new(ManualClock::new(START)),
+    )
+    .await
+    .expect("build");
+    let store = app.store();
+    let server = app.spawn();
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", server.local_addr()))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let mut node = Node {
+        server: Some(server),
+        identity: pb::identity_service_client::IdentityServiceClient::new(ch.clone()),
+        profiles: pb::profile_service_client::ProfileServiceClient::new(ch.clone()),
+        health: HealthClient::new(ch),
+    };
+    let err = node
+        .try_create("refused@example.com")
+        .await
+        .expect_err("refused");
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(err.message().contains("disk almost full"), "{err:?}");
+    assert_eq!(node.health().await, ServingStatus::Serving);
+    let missing = node
+        .try_get(by_ident(email("refused@example.com")))
+        .await
+        .expect_err("the refused write wrote nothing");
+    assert_eq!(missing.code(), Code::NotFound, "{missing:?}");
+    store.set_min_free_mb(1);
+    let p = node
+        .try_create("refused@example.com")
+        .await
+        .expect("writes go through once the threshold is met");
+    assert_eq!(node.try_get(by_id(&p)).await.expect("read").profile_id, p);
+    drop(store);
     node.stop().await;
 }
 
