@@ -151,3 +151,21 @@ impl Drop for Marker {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_store_below_its_mark_is_refused_and_a_garbled_mark_is_reported() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        assert!(check(dir.path(), 0).is_ok(), "no mark: a new directory");
+        write(dir.path(), 40).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(read(dir.path()).ok().flatten(), Some(40));
+        assert!(check(dir.path(), 40).is_ok());
+        assert!(check(dir.path(), 41).is_ok(), "the mark may lag");
+        assert!(matches!(check(dir.path(), 39), Err(Error::Corrupt(_))));
+        std::fs::write(dir.path().join(FILE), b"junk").unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(check(dir.path(), 100), Err(Error::Corrupt(_))));
+    }
+}

@@ -96,3 +96,38 @@ pub fn flush_failure(e: &std::io::Error) -> String {
         e.to_string()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_guard_refuses_below_its_threshold_and_not_when_off() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let guard = SpaceGuard::new(dir.path().to_path_buf());
+        assert!(guard.check().is_ok(), "off by default");
+        guard.set_min_free_mb(1 << 43);
+        match guard.check() {
+            Err(Error::Unavailable(m)) => {
+                assert!(m.contains("disk almost full"), "{m}");
+                assert!(m.contains(&dir.path().display().to_string()), "{m}");
+            }
+            other => panic!("{other:?}"),
+        }
+        guard.set_min_free_mb(1);
+        assert!(
+            guard.check().is_ok(),
+            "a new threshold is not hidden by the cache"
+        );
+        guard.set_min_free_mb(0);
+        assert!(guard.check().is_ok());
+    }
+
+    #[test]
+    fn a_full_disk_in_a_flush_says_what_to_do() {
+        let full = std::io::Error::from(std::io::ErrorKind::StorageFull);
+        assert!(flush_failure(&full).contains("restart the server"));
+        let other = std::io::Error::other("boom");
+        assert_eq!(flush_failure(&other), "boom");
+    }
+}
