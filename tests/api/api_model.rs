@@ -1171,8 +1171,15 @@ impl Case<'_> {
     }
 }
 
-/// Full reads every this many steps (and always at the end of a case).
-const CHECK_EVERY: usize = 8;
+/// Full reads every `API_MODEL_CHECK_EVERY` steps (default 8) and always at the end of a case.
+fn check_every() -> usize {
+    static EVERY: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *EVERY.get_or_init(|| {
+        usize::try_from(env_u64("API_MODEL_CHECK_EVERY", 8))
+            .unwrap_or(8)
+            .max(1)
+    })
+}
 
 /// Runs one sequence on `app` against a fresh model.
 async fn run_case(app: &ModelApp, ops: &[Op]) -> Checked {
@@ -1187,7 +1194,7 @@ async fn run_case(app: &ModelApp, ops: &[Op]) -> Checked {
         case.step(step, op)
             .await
             .map_err(|e| format!("step {step} ({op:?}): {e}"))?;
-        if (step + 1) % CHECK_EVERY == 0 {
+        if (step + 1) % check_every() == 0 {
             case.check()
                 .await
                 .map_err(|e| format!("after step {step}: {e}"))?;
