@@ -669,6 +669,15 @@ pub fn unmerge(
             format!("merge {merge_id} was already undone"),
         ));
     }
+    // An erased customer's merges stay listed (ids only) but there is nothing left to split.
+    for id in [m.survivor, m.absorbed] {
+        if let (None, Some(at)) = (tx.profile(id)?, tx.erased(id)?) {
+            let (secs, _) = at.to_parts();
+            return Err(Error::Erased(format!(
+                "merge {merge_id} joined profiles of a customer erased at unix time {secs}; there is nothing left to unmerge"
+            )));
+        }
+    }
     let mut survivor = tx
         .profile(m.survivor)?
         .ok_or_else(|| Error::Corrupt(format!("merge {merge_id} names missing survivor")))?;

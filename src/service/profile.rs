@@ -104,6 +104,7 @@ impl ProfileService for ProfileApi {
                         }
                         Err(
                             e @ (Error::NotFound(_)
+                            | Error::Erased(_)
                             | Error::InvalidArgument(_)
                             | Error::FailedPrecondition { .. }),
                         ) => {

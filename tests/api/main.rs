@@ -22,6 +22,7 @@
 // Test code: a failed expectation is a test failure, which is what unwrap/expect/panic report.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod api_model;
 mod audit;
 mod auth;
 mod backup;
