@@ -1069,6 +1069,13 @@ async fn sigkill_at_random_moments_loses_no_acknowledged_write() {
             t.feed_events = new_head;
         }
         head = new_head;
+        if (cycle + 1) % 50 == 0 {
+            eprintln!(
+                "crash harness: {} cycles, {:.0} s",
+                cycle + 1,
+                started.elapsed().as_secs_f64()
+            );
+        }
     }
     server.kill();
     // The audit log survived the kills as an intact hash chain (a torn last entry is cut off

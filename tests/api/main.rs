@@ -18,6 +18,9 @@
 //! 2–5. caps, concurrent reservations, open cases, duplicates, reasons ........... `contact`
 //! 7. summary and decayed scores through late events, merge and unmerge ......... `summary`
 //! 8, 9. segment search on 10,000 generated profiles, clauses, invalid filters .. `segments`
+//!
+//! Issue 8 (reliability), acceptance 1: SIGKILL at random moments loses no acknowledged write,
+//! invariants hold, the feed has no gaps (`CRASH_CYCLES`, `CRASH_SEED`) ...... `crash`
 
 // Test code: a failed expectation is a test failure, which is what unwrap/expect/panic report.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
