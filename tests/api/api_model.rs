@@ -497,10 +497,12 @@ impl Case<'_> {
         }
     }
 
-    /// `t` with profile targets mapped to identifiers while no profile exists yet.
+    /// `t` with a profile target reduced to an existing profile (or mapped to an identifier
+    /// while no profile exists yet), so it names the same profile later in the case.
     fn norm(&self, t: Target) -> Target {
         match t {
             Target::Profile(i) if self.model.profiles.is_empty() => Target::Ident(i % POOL),
+            Target::Profile(i) => Target::Profile(i % self.model.profiles.len()),
             t => t,
         }
     }

@@ -257,3 +257,76 @@ async fn erase_leaves_nothing_about_the_person_and_is_idempotent() {
         .into_inner();
     assert_eq!(replay, erased);
 }
+
+/// Found by `api_model`: BatchGetProfiles failed the whole batch with NOT_FOUND when one key
+/// was an erased profile id; SPEC §4 says a missing key is not a failure of the batch.
+#[tokio::test]
+async fn batch_get_answers_an_erased_id_per_key() {
+    let app = TestApp::spawn().await;
+    let (a, b) = customer(&app).await;
+    let other = app.create(vec![new_email()]).await;
+    privacy(&app)
+        .await
+        .erase_customer(pb::EraseCustomerRequest {
+            profile: Some(by_id(&a)),
+            reason: "DSR-7".into(),
+            request_id: String::new(),
+        })
+        .await
+        .expect("erase");
+    let results = app
+        .profiles
+        .clone()
+        .batch_get_profiles(pb::BatchGetProfilesRequest {
+            profiles: vec![by_id(&a), by_id(&other), by_id(&b)],
+            read_mask: None,
+        })
+        .await
+        .expect("BatchGetProfiles answers per key")
+        .into_inner()
+        .results;
+    assert_eq!(results.len(), 3);
+    for k in [0, 2] {
+        match &results[k].result {
+            Some(pb::profile_result::Result::Error(e)) => {
+                assert_eq!(e.code, Code::NotFound as i32, "{e:?}");
+                assert!(e.message.contains("erased"), "{e:?}");
+            }
+            r => panic!("key {k} is erased, got {r:?}"),
+        }
+    }
+    match &results[1].result {
+        Some(pb::profile_result::Result::Profile(p)) => assert_eq!(p.profile_id, other),
+        r => panic!("key 1 is live, got {r:?}"),
+    }
+}
+
+/// Found by `api_model`: undoing a merge of an erased customer answered DATA_LOSS ("stored data
+/// is corrupt"); there is nothing left to split, which is NOT_FOUND with reason ERASED, and
+/// nothing comes back.
+#[tokio::test]
+async fn unmerging_an_erased_customers_merge_is_not_found_erased() {
+    let app = TestApp::spawn().await;
+    let (a, b) = customer(&app).await;
+    let merges = app.list_merges(by_id(&a)).await;
+    assert_eq!(merges.len(), 1, "{merges:?}");
+    privacy(&app)
+        .await
+        .erase_customer(pb::EraseCustomerRequest {
+            profile: Some(by_id(&b)),
+            reason: "DSR-8".into(),
+            request_id: String::new(),
+        })
+        .await
+        .expect("erase");
+    let err = app
+        .try_unmerge(&merges[0].merge_id)
+        .await
+        .expect_err("an erased customer cannot be unmerged");
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    assert_eq!(error_reason(&err).as_deref(), Some("ERASED"), "{err:?}");
+    for id in [&a, &b] {
+        let err = app.try_get(by_id(id)).await.expect_err("still erased");
+        assert_eq!(error_reason(&err).as_deref(), Some("ERASED"), "{err:?}");
+    }
+}
