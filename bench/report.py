@@ -72,6 +72,10 @@ def render(work, out):
     ri_flushes = facts.get("ri_flushes") or 0
     wpf = facts["ri_commits"] / ri_flushes if ri_flushes else None
     clean, kill9 = median("restart_clean_ms_"), median("restart_kill9_ms_")
+    flood = runs.get("flood", {})
+    recovery = (flood.get("recovery") or {}).get("recovery_ms")
+    kib = lambda k: facts[k] * 1024 if isinstance(facts.get(k), (int, float)) else None
+    flood_rss, flood_bound = kib("flood_rss_max_kib"), kib("flood_rss_bound_kib")
 
     # (goal, measured, baseline, ratio, target, higher_is_better)
     goals = [
@@ -96,6 +100,12 @@ def render(work, out):
         ("6. Import (goal 20,000 profiles/s)", facts.get("import_profiles_per_s"), 20000.0,
          ratio(facts.get("import_profiles_per_s"), 20000.0), 1.0, True, "profiles/s"),
         ("7. Restart to SERVING: kill -9 vs clean stop (median)", kill9, clean, ratio(kill9, clean), 2.0, False, "ms"),
+        ("8a. Flood (4× max): admitted GetProfile p99 vs p99 at 50 % load", p99("flood"), p99("get-by-id-open"),
+         ratio(p99("flood"), p99("get-by-id-open")), 3.0, False, "µs"),
+        ("8b. Flood: server RSS (max sampled) vs bound (RSS before + 128 MiB)", flood_rss, flood_bound,
+         ratio(flood_rss, flood_bound), 1.0, False, "bytes"),
+        ("8c. Flood: serving normally again after the flood (goal 1,000 ms)", recovery,
+         1000.0, ratio(recovery, 1000.0), 1.0, False, "ms"),
     ]
     goal_rows = []
     for name, measured, base, r, target, higher, unit in goals:
@@ -172,6 +182,41 @@ def render(work, out):
     if rs:
         L.append("- restarts (ms to SERVING): " + ", ".join(f"{k[8:]} {facts[k]}" for k in rs))
     L.append("")
+    if flood:
+        L.append("## Overload: GetProfile offered at 4× its maximum rate")
+        L.append("")
+        L.append("Open loop with `--shed-ok`: RESOURCE_EXHAUSTED is the expected answer to the excess and "
+                 "is counted as shed, not as an error; latency percentiles are of admitted calls, from "
+                 "the intended send time.")
+        L.append("")
+        rec = flood.get("recovery") or {}
+        shed_l = flood.get("shed_latency_us") or {}
+        due, on_time = flood.get("due"), flood.get("sent_on_time")
+        rows = [
+            ("offered rate (the schedule)", f"{fmt(flood.get('offered_rps'))} req/s "
+             f"(4 × {fmt(rps('get-by-id'))} max, {fmt(facts.get('flood_duration_s'))} s measured)"),
+            ("sent on time by the load generator", f"{fmt(on_time)} of {fmt(due)} "
+             f"({fmt(ratio(on_time, due) * 100 if ratio(on_time, due) is not None else None, 1)} %)"),
+            ("admitted rate (OK replies)", f"{fmt(flood.get('throughput_rps'))} req/s"),
+            ("shed (RESOURCE_EXHAUSTED)", f"{fmt(flood.get('shed'))} calls, p50 {fmt(shed_l.get('p50'))} µs, "
+             f"p99 {fmt(shed_l.get('p99'))} µs; server counted {fmt(facts.get('flood_shed_server'))}"),
+            ("other errors", ", ".join(f"{k}: {v}" for k, v in flood.get("errors", {}).items()) or "0"),
+            ("admitted p50 / p99 / max", f"{fmt(flood['latency_us']['p50'])} / {fmt(flood['latency_us']['p99'])} / "
+             f"{fmt(flood['latency_us']['max'])} µs"),
+            ("p99 at 50 % load (same server, before the flood)", f"{fmt(p99('get-by-id-open'))} µs; goal: admitted "
+             f"p99 ≤ 3 × = {fmt((p99('get-by-id-open') or 0) * 3)} µs"),
+            ("server RSS before / max during / bound", f"{fmt(facts.get('flood_rss_before_kib'))} / "
+             f"{fmt(facts.get('flood_rss_max_kib'))} / {fmt(facts.get('flood_rss_bound_kib'))} KiB"),
+            ("recovery (from the schedule's end to the first of 20 calls in a row OK within "
+             f"{fmt(rec.get('threshold_ms'), 1)} ms)", f"{fmt(recovery, 1)} ms ({fmt(rec.get('probe_calls'))} probe calls, "
+             f"{fmt(rec.get('probe_shed'))} shed); goal ≤ 1,000 ms"),
+            ("server stayed up (health SERVING after the flood)", str(facts.get("flood_server_up", "n/a"))),
+        ]
+        L.append("| | |")
+        L.append("|---|---|")
+        for k, v in rows:
+            L.append(f"| {k} | {v} |")
+        L.append("")
     L.append("## Reference: redis-benchmark GET (same concurrency, value of the reply size)")
     L.append("")
     L.append(f"`{facts.get('redis_command', '')}`: {facts.get('redis_csv', 'n/a')}")

@@ -1,13 +1,15 @@
 //! Overload protection (SPEC §11): the `[limits]` configuration and the tower layer that sheds
 //! calls beyond the concurrency budget and the per-principal rate limits, answering
-//! RESOURCE_EXHAUSTED at once (no queue) with a RetryInfo hint. Admitted calls that then wait
-//! too long for a CPU (the runtime's run queue is the one queue left) are refused unstarted:
-//! under a flood the server spends its time on calls that can still finish in time.
+//! RESOURCE_EXHAUSTED at once (no queue) with a RetryInfo hint. The one queue left is the
+//! runtime's run queue: a probe task measures how long a woken task waits for a CPU, and while
+//! that wait is too long, admitted calls are refused before their handler starts, so under a
+//! flood the server spends its time on calls that can still finish in time.
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -57,12 +59,13 @@ pub struct LimitsConfig {
     /// A stream whose buffer stays full this long (the client does not read) is ended with
     /// RESOURCE_EXHAUSTED, milliseconds.
     pub stream_stall_ms: u64,
-    /// Queue-time shedding, milliseconds: when even the shortest wait for a CPU in the last
-    /// `queue_interval_ms` was longer than this (a standing queue: overload), every admitted
-    /// call that waited longer than this before its handler started is refused unstarted.
+    /// Queue-time shedding, milliseconds. The server measures how long a task waits for a
+    /// CPU; when even the shortest such wait in the last `queue_interval_ms` was longer than
+    /// this (a standing queue: overload), calls are refused unstarted while the wait is longer
+    /// than this.
     pub queue_target_ms: u64,
-    /// The window over which queue time is judged, milliseconds; outside overload it is also
-    /// the longest an admitted call may wait for a CPU before it is refused unstarted.
+    /// The window over which the wait is judged, milliseconds; outside overload it is also the
+    /// longest wait tolerated before calls are refused unstarted.
     pub queue_interval_ms: u64,
     /// Token-bucket rate limits by principal name; `"*"` applies to every principal not
     /// listed (the development principal is `local`). No entry = unlimited.
@@ -90,8 +93,8 @@ impl Default for LimitsConfig {
             max_reply_bytes: 64 * 1024 * 1024,
             stream_buffer: 256,
             stream_stall_ms: 10_000,
-            queue_target_ms: 20,
-            queue_interval_ms: 100,
+            queue_target_ms: 30,
+            queue_interval_ms: 300,
             rate_limits: BTreeMap::new(),
         }
     }
@@ -195,8 +198,11 @@ impl Bucket {
     }
 }
 
-/// Queue-time judgement in the manner of CoDel: the shortest queue time seen in each interval
-/// tells a passing burst (some calls still go straight through) from a standing queue (none
+/// How often the probe task measures the run queue's wait.
+const PROBE_PERIOD: Duration = Duration::from_millis(5);
+
+/// Queue-time judgement in the manner of CoDel: the shortest wait the probe saw in each
+/// interval tells a passing burst (some tasks still run at once) from a standing queue (none
 /// do). Judging the minimum, not the mean, keeps one slow moment from tripping it.
 #[derive(Debug)]
 struct QueueClock {
@@ -204,13 +210,13 @@ struct QueueClock {
     interval: Duration,
     /// When the current interval ends.
     interval_end: Instant,
-    /// Shortest queue time seen in the current interval.
+    /// Shortest wait seen in the current interval.
     min: Option<Duration>,
-    /// The last full interval's shortest queue time exceeded the target.
+    /// The last full interval's shortest wait exceeded the target.
     overloaded: bool,
 }
 
-/// Why an admitted call is refused unstarted: how long it waited, the limit, and its key.
+/// Why a call is refused unstarted: the current wait, the limit, and the limit's key.
 #[derive(Debug, PartialEq)]
 struct Overdue {
     waited: Duration,
@@ -229,18 +235,26 @@ impl QueueClock {
         }
     }
 
-    /// Records a call that waited `waited` before it was scheduled at `now`; says whether it
-    /// may start.
-    fn judge(&mut self, waited: Duration, now: Instant) -> Result<(), Overdue> {
+    fn roll(&mut self, now: Instant) {
         if now >= self.interval_end {
-            // The interval just ended judges; one with no call at all (an idle spell since
-            // the last call) is no evidence of a queue.
+            // The interval just ended judges; after an idle spell (a whole interval without a
+            // sample) there is no evidence of a queue.
             let idle = now >= self.interval_end + self.interval;
             self.overloaded = !idle && self.min.is_some_and(|m| m > self.target);
             self.min = None;
             self.interval_end = now + self.interval;
         }
+    }
+
+    /// The probe saw a task wait `waited` for a CPU, at `now`.
+    fn sample(&mut self, waited: Duration, now: Instant) {
+        self.roll(now);
         self.min = Some(self.min.map_or(waited, |m| m.min(waited)));
+    }
+
+    /// Whether a call may start now, while tasks wait `waited` for a CPU.
+    fn judge(&mut self, waited: Duration, now: Instant) -> Result<(), Overdue> {
+        self.roll(now);
         let (limit, key) = if self.overloaded {
             (self.target, "limits.queue_target_ms")
         } else {
@@ -250,6 +264,59 @@ impl QueueClock {
             Err(Overdue { waited, limit, key })
         } else {
             Ok(())
+        }
+    }
+}
+
+/// The run queue's wait as the probe last measured it, lock-free for the call path.
+struct Lag {
+    base: Instant,
+    /// When the probe is next due to run, nanoseconds after `base` (u64::MAX: no probe).
+    next_due: AtomicU64,
+    /// The wait the probe saw last, nanoseconds.
+    last: AtomicU64,
+}
+
+impl Lag {
+    fn nanos(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.base).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// The current wait: what the probe saw last, or longer if the probe itself is overdue
+    /// (then it is stuck in the queue, which is at least that long).
+    fn now(&self, now: Instant) -> Duration {
+        let overdue = self
+            .nanos(now)
+            .saturating_sub(self.next_due.load(Ordering::Relaxed));
+        Duration::from_nanos(self.last.load(Ordering::Relaxed).max(overdue))
+    }
+}
+
+/// Wakes every [`PROBE_PERIOD`] and records how late it runs: the wait of a task in the run
+/// queue. Ends when the layer is gone.
+async fn probe(shared: Weak<Shared>) {
+    loop {
+        let due = Instant::now() + PROBE_PERIOD;
+        match shared.upgrade() {
+            Some(s) => s.lag.next_due.store(s.lag.nanos(due), Ordering::Relaxed),
+            None => return,
+        }
+        tokio::time::sleep_until(due.into()).await;
+        let now = Instant::now();
+        let Some(s) = shared.upgrade() else { return };
+        // The timer wheel rounds up to the next millisecond; that much is not queueing.
+        let waited = now
+            .saturating_duration_since(due)
+            .saturating_sub(Duration::from_millis(1));
+        s.lag.next_due.store(u64::MAX, Ordering::Relaxed);
+        s.lag.last.store(
+            u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+        s.queue.lock().sample(waited, now);
+        if let Some(m) = &s.metrics {
+            m.gauge("runtime_queue_wait_seconds", &[])
+                .set(waited.as_secs_f64());
         }
     }
 }
@@ -264,6 +331,7 @@ struct Shared {
     /// callers cannot grow it.
     buckets: HashMap<String, parking_lot::Mutex<Bucket>>,
     queue: parking_lot::Mutex<QueueClock>,
+    lag: Lag,
     metrics: Option<Arc<Metrics>>,
 }
 
@@ -275,7 +343,8 @@ pub struct LimitsLayer {
 
 impl LimitsLayer {
     /// Budgets from `config`; `principals` are every principal name that can call (their
-    /// buckets are created now).
+    /// buckets are created now). Inside a tokio runtime it also starts the queue-wait probe
+    /// (without one, queue-time shedding is off).
     pub fn new<'a>(
         config: &LimitsConfig,
         principals: impl IntoIterator<Item = &'a str>,
@@ -292,7 +361,7 @@ impl LimitsLayer {
                 );
             }
         }
-        LimitsLayer {
+        let layer = LimitsLayer {
             shared: Arc::new(Shared {
                 in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
                 streams: Arc::new(Semaphore::new(config.max_streams)),
@@ -304,9 +373,18 @@ impl LimitsLayer {
                     Duration::from_millis(config.queue_interval_ms),
                     now,
                 )),
+                lag: Lag {
+                    base: now,
+                    next_due: AtomicU64::new(u64::MAX),
+                    last: AtomicU64::new(0),
+                },
                 metrics,
             }),
+        };
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(probe(Arc::downgrade(&layer.shared)));
         }
+        layer
     }
 }
 
@@ -373,15 +451,17 @@ impl Shared {
         })
     }
 
-    /// Called when an admitted call's handler is about to start, `waited` after it arrived.
-    fn on_schedule(&self, waited: Duration) -> Result<(), Status> {
-        let judged = self.queue.lock().judge(waited, Instant::now());
+    /// Whether a call may start now, judged by the run queue's current wait.
+    fn queue_time(&self) -> Result<(), Status> {
+        let now = Instant::now();
+        let waited = self.lag.now(now);
+        let judged = self.queue.lock().judge(waited, now);
         judged.map_err(|o| {
             self.shed("queue_time");
             exhausted(
                 "QUEUE_TIMEOUT",
                 format!(
-                    "the server is overloaded: this call waited {} ms for a CPU, longer than the {} ms allowed ({}), and was refused without starting; back off and retry later",
+                    "the server is overloaded: its calls wait {} ms for a CPU, more than the {} ms allowed ({}), so this call was refused without starting; back off and retry later",
                     o.waited.as_millis(),
                     o.limit.as_millis(),
                     o.key
@@ -446,22 +526,12 @@ where
         let admitted = self
             .shared
             .rate_limit(req.extensions().get::<Arc<Principal>>())
+            .and_then(|()| self.shared.queue_time())
             .and_then(|()| self.shared.admit(path));
         match admitted {
             Ok(permit) => {
-                // Building the inner future only routes the call; its handler runs when it is
-                // first polled, so a call refused below has done no work and written nothing.
-                let arrived = Instant::now();
                 let fut = self.inner.call(req);
-                let shared = self.shared.clone();
                 Box::pin(async move {
-                    // Hyper runs each call as its own task: the time from arrival to this first
-                    // poll is the time the call sat in the run queue.
-                    if let Err(status) = shared.on_schedule(arrived.elapsed()) {
-                        drop(fut);
-                        drop(permit);
-                        return Ok(status.into_http::<ResBody>().map(PermitBody::without));
-                    }
                     let resp = fut.await?;
                     // A unary call's work is done when its reply is ready; a stream's goes on
                     // until its body ends, so its slot travels with the body.

@@ -473,6 +473,11 @@ async fn start(
         ..Config::default()
     };
     config.metrics.listen = "127.0.0.1:0".parse().expect("socket address");
+    // Each test's server shares one thread with its test, among many on a busy machine: a
+    // stalled thread there is not overload, so queue-time shedding only acts on a long stall
+    // (tests of it set their own values).
+    config.limits.queue_target_ms = 5_000;
+    config.limits.queue_interval_ms = 10_000;
     configure(&mut config);
     let app = Application::build(config, Arc::new(clock.clone()))
         .await

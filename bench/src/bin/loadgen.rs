@@ -99,6 +99,14 @@ struct RunArgs {
     /// Exit 0 even when calls failed (the report still says "not a result").
     #[arg(long)]
     allow_errors: bool,
+    /// RESOURCE_EXHAUSTED is expected load shedding: counted as `shed`, not as an error, and
+    /// kept out of the latency percentiles (which then describe admitted calls).
+    #[arg(long)]
+    shed_ok: bool,
+    /// Open loop: after the run, send one call at a time until 20 in a row succeed within this
+    /// many milliseconds, and report how long after the run's end that streak began.
+    #[arg(long)]
+    recovery_probe_ms: Option<f64>,
 }
 
 pub async fn connect(target: &str) -> anyhow::Result<Channel> {
@@ -133,6 +141,10 @@ async fn run(a: RunArgs) -> anyhow::Result<bool> {
         duration: Duration::from_secs_f64(a.duration),
         rate: a.rate,
         max_requests: a.max_requests,
+        shed_ok: a.shed_ok,
+        recovery_latency: a
+            .recovery_probe_ms
+            .map(|ms| Duration::from_secs_f64(ms / 1000.0)),
     };
     let report = match a.rate {
         Some(rate) => driver::open_loop(w, &channels, &plan, &a.target, rate).await?,

@@ -24,11 +24,19 @@ pub struct Plan {
     pub rate: Option<f64>,
     /// Stop after this many measured requests (closed loop).
     pub max_requests: Option<u64>,
+    /// RESOURCE_EXHAUSTED is expected shedding: counted apart, not an error, and kept out of
+    /// the latency histogram (which then holds admitted calls only).
+    pub shed_ok: bool,
+    /// Open loop: after the run, probe until calls succeed within this latency again.
+    pub recovery_latency: Option<Duration>,
 }
 
 /// What one worker (or the open-loop collector) saw.
 struct Tally {
     hist: Histogram<u64>,
+    /// Latency of calls refused with RESOURCE_EXHAUSTED when that is expected (`shed_ok`).
+    shed_hist: Histogram<u64>,
+    shed_ok: bool,
     ok: u64,
     errors: BTreeMap<String, (u64, String)>,
     labels: BTreeMap<&'static str, u64>,
@@ -36,10 +44,12 @@ struct Tally {
 }
 
 impl Tally {
-    fn new() -> anyhow::Result<Tally> {
+    fn new(shed_ok: bool) -> anyhow::Result<Tally> {
         Ok(Tally {
             // 1 µs .. 10 min at 3 significant digits.
             hist: Histogram::new_with_bounds(1, 600_000_000, 3)?,
+            shed_hist: Histogram::new_with_bounds(1, 600_000_000, 3)?,
+            shed_ok,
             ok: 0,
             errors: BTreeMap::new(),
             labels: BTreeMap::new(),
@@ -48,7 +58,14 @@ impl Tally {
     }
 
     fn record(&mut self, outcome: Outcome, latency: Duration, done: Instant) {
+        let micros = u64::try_from(latency.as_micros())
+            .unwrap_or(u64::MAX)
+            .max(1);
         match outcome {
+            Outcome::Failed(s) if self.shed_ok && s.code() == tonic::Code::ResourceExhausted => {
+                self.shed_hist.saturating_record(micros);
+                return;
+            }
             Outcome::Ok(label) => {
                 self.ok += 1;
                 if let Some(l) = label {
@@ -64,16 +81,13 @@ impl Tally {
             }
             Outcome::Exhausted => return,
         }
-        self.hist.saturating_record(
-            u64::try_from(latency.as_micros())
-                .unwrap_or(u64::MAX)
-                .max(1),
-        );
+        self.hist.saturating_record(micros);
         self.last_done = Some(self.last_done.map_or(done, |d| d.max(done)));
     }
 
     fn merge(&mut self, other: Tally) -> anyhow::Result<()> {
         self.hist.add(&other.hist)?;
+        self.shed_hist.add(&other.shed_hist)?;
         self.ok += other.ok;
         for (k, (n, msg)) in other.errors {
             self.errors.entry(k).or_insert((0, msg)).0 += n;
@@ -100,6 +114,34 @@ pub struct Latency {
     pub mean: f64,
 }
 
+impl Latency {
+    fn of(h: &Histogram<u64>) -> Latency {
+        Latency {
+            p50: h.value_at_quantile(0.50),
+            p90: h.value_at_quantile(0.90),
+            p99: h.value_at_quantile(0.99),
+            p999: h.value_at_quantile(0.999),
+            max: h.max(),
+            mean: h.mean(),
+        }
+    }
+}
+
+/// After an open-loop run: how long until the server served normally again.
+#[derive(Serialize, Debug)]
+pub struct Recovery {
+    /// A call counts as normal when it succeeds within this many milliseconds.
+    pub threshold_ms: f64,
+    /// Calls in a row that must be normal.
+    pub streak: u32,
+    /// From the end of the run's schedule to the send of the first call of the first normal
+    /// streak, milliseconds; None when it did not come within the probe's time limit.
+    pub recovery_ms: Option<f64>,
+    pub probe_calls: u64,
+    pub probe_shed: u64,
+    pub probe_errors: u64,
+}
+
 /// One run's result, written as JSON.
 #[derive(Serialize, Debug)]
 pub struct Report {
@@ -111,8 +153,19 @@ pub struct Report {
     pub warmup_s: f64,
     pub measured_s: f64,
     pub target_rate: Option<f64>,
+    /// Calls counted in the latency histogram (with `shed_ok`: admitted calls only).
     pub count: u64,
     pub ok: u64,
+    /// Open loop: calls due in the measured window, and how many of them were sent on time
+    /// (within 1 ms of their due time; the rest waited for a free slot of `concurrency`).
+    pub due: Option<u64>,
+    pub sent_on_time: Option<u64>,
+    /// Open loop: the rate the schedule offered, calls due per second.
+    pub offered_rps: Option<f64>,
+    /// With `shed_ok`: calls refused with RESOURCE_EXHAUSTED, and how fast the refusals came.
+    pub shed: u64,
+    pub shed_latency_us: Option<Latency>,
+    pub recovery: Option<Recovery>,
     pub errors: BTreeMap<String, u64>,
     pub error_samples: BTreeMap<String, String>,
     pub labels: BTreeMap<&'static str, u64>,
@@ -127,8 +180,25 @@ impl Report {
     pub fn summary(&self) -> String {
         let l = &self.latency_us;
         let errs: u64 = self.errors.values().sum();
+        let shed = if self.shed > 0 || self.shed_latency_us.is_some() {
+            format!(
+                " shed={} (p99 {}µs) offered={:.0}/s",
+                self.shed,
+                self.shed_latency_us.as_ref().map_or(0, |l| l.p99),
+                self.offered_rps.unwrap_or(0.0)
+            )
+        } else {
+            String::new()
+        };
+        let recovery = self.recovery.as_ref().map_or(String::new(), |r| {
+            format!(
+                " recovery={}",
+                r.recovery_ms
+                    .map_or("none".to_string(), |ms| format!("{ms:.0}ms"))
+            )
+        });
         format!(
-            "{:<22} {:<6} c={:<4} {:>9.0} req/s  p50 {:>7}µs p90 {:>7}µs p99 {:>7}µs p99.9 {:>7}µs max {:>8}µs  n={} errors={}{}{}",
+            "{:<22} {:<6} c={:<4} {:>9.0} req/s  p50 {:>7}µs p90 {:>7}µs p99 {:>7}µs p99.9 {:>7}µs max {:>8}µs  n={} errors={}{}{}{}{}",
             self.scenario,
             self.mode,
             self.concurrency,
@@ -140,6 +210,8 @@ impl Report {
             l.max,
             self.count,
             errs,
+            shed,
+            recovery,
             if self.labels.is_empty() {
                 String::new()
             } else {
@@ -154,6 +226,14 @@ impl Report {
     }
 }
 
+/// Open-loop extras for the report.
+#[derive(Default)]
+struct OpenFacts {
+    due: u64,
+    sent_on_time: u64,
+    recovery: Option<Recovery>,
+}
+
 fn report(
     w: &Workload,
     plan: &Plan,
@@ -161,6 +241,7 @@ fn report(
     connections: usize,
     t: Tally,
     measured: Duration,
+    open: Option<OpenFacts>,
 ) -> Report {
     let count = t.hist.len();
     let secs = measured.as_secs_f64().max(1e-9);
@@ -180,6 +261,12 @@ fn report(
         target_rate: plan.rate,
         count,
         ok: t.ok,
+        due: open.as_ref().map(|o| o.due),
+        sent_on_time: open.as_ref().map(|o| o.sent_on_time),
+        offered_rps: open.as_ref().map(|o| o.due as f64 / secs),
+        shed: t.shed_hist.len(),
+        shed_latency_us: plan.shed_ok.then(|| Latency::of(&t.shed_hist)),
+        recovery: open.and_then(|o| o.recovery),
         errors: t.errors.iter().map(|(k, v)| (k.clone(), v.0)).collect(),
         error_samples: t
             .errors
@@ -188,14 +275,7 @@ fn report(
             .collect(),
         labels: t.labels,
         throughput_rps: t.ok as f64 / secs,
-        latency_us: Latency {
-            p50: t.hist.value_at_quantile(0.50),
-            p90: t.hist.value_at_quantile(0.90),
-            p99: t.hist.value_at_quantile(0.99),
-            p999: t.hist.value_at_quantile(0.999),
-            max: t.hist.max(),
-            mean: t.hist.mean(),
-        },
+        latency_us: Latency::of(&t.hist),
         not_a_result: errors_total > 0 || count == 0,
     }
 }
@@ -217,9 +297,10 @@ pub async fn closed_loop(
         let w = w.clone();
         let mut clients = Clients::new(channels[worker % channels.len()].clone());
         let max = plan.max_requests;
+        let shed_ok = plan.shed_ok;
         let measured_calls = measured_calls.clone();
         handles.push(tokio::spawn(async move {
-            let mut tally = Tally::new()?;
+            let mut tally = Tally::new(shed_ok)?;
             let mut rng = Rng::new(worker as u64 + 1);
             let mut seq = 0u64;
             loop {
@@ -248,7 +329,7 @@ pub async fn closed_loop(
             anyhow::Ok(tally)
         }));
     }
-    let mut total = Tally::new()?;
+    let mut total = Tally::new(plan.shed_ok)?;
     for h in handles {
         total.merge(h.await??)?;
     }
@@ -259,7 +340,15 @@ pub async fn closed_loop(
     } else {
         plan.duration
     };
-    Ok(report(&w, plan, target, channels.len(), total, measured))
+    Ok(report(
+        &w,
+        plan,
+        target,
+        channels.len(),
+        total,
+        measured,
+        None,
+    ))
 }
 
 /// Busy-waits the last stretch before `at`: tokio's timer has millisecond granularity, which
@@ -290,8 +379,9 @@ pub async fn open_loop(
     let end = warm_end + plan.duration;
     let permits = Arc::new(Semaphore::new(plan.concurrency.max(1)));
     let (tx, mut rx) = mpsc::unbounded_channel::<(Outcome, Duration, Instant)>();
+    let shed_ok = plan.shed_ok;
     let collector = tokio::spawn(async move {
-        let mut tally = Tally::new()?;
+        let mut tally = Tally::new(shed_ok)?;
         while let Some((o, lat, done)) = rx.recv().await {
             tally.record(o, lat, done);
         }
@@ -299,6 +389,7 @@ pub async fn open_loop(
     });
     let clients: Vec<Clients> = channels.iter().cloned().map(Clients::new).collect();
     let mut k: u64 = 0;
+    let mut open = OpenFacts::default();
     loop {
         let due = start + interval.mul_f64(k as f64);
         if due >= end {
@@ -306,6 +397,12 @@ pub async fn open_loop(
         }
         wait_until(due).await;
         let permit = permits.clone().acquire_owned().await?;
+        if due >= warm_end {
+            open.due += 1;
+            if Instant::now() <= due + Duration::from_millis(1) {
+                open.sent_on_time += 1;
+            }
+        }
         let mut c = clients[(k as usize) % clients.len()].clone();
         let w = w.clone();
         let tx = tx.clone();
@@ -322,6 +419,10 @@ pub async fn open_loop(
         k += 1;
     }
     drop(tx);
+    if let Some(threshold) = plan.recovery_latency {
+        // Runs while the run's last calls drain, as a client arriving after a flood would.
+        open.recovery = Some(recovery_probe(&w, &clients, end, threshold).await);
+    }
     let total = collector.await??;
     Ok(report(
         &w,
@@ -330,5 +431,62 @@ pub async fn open_loop(
         channels.len(),
         total,
         plan.duration,
+        Some(open),
     ))
+}
+
+/// Sends one call at a time from `since` (the end of a flood) until `STREAK` calls in a row
+/// succeed within `threshold`, for at most 30 s.
+async fn recovery_probe(
+    w: &Arc<Workload>,
+    clients: &[Clients],
+    since: Instant,
+    threshold: Duration,
+) -> Recovery {
+    const STREAK: u32 = 20;
+    let give_up = since + Duration::from_secs(30);
+    let mut r = Recovery {
+        threshold_ms: threshold.as_secs_f64() * 1000.0,
+        streak: STREAK,
+        recovery_ms: None,
+        probe_calls: 0,
+        probe_shed: 0,
+        probe_errors: 0,
+    };
+    let mut streak_start: Option<Instant> = None;
+    let mut streak = 0;
+    let mut k: u64 = 0;
+    while Instant::now() < give_up {
+        let mut c = clients[(k as usize) % clients.len()].clone();
+        let mut rng = Rng::new(k.wrapping_mul(0x9E37_79B9_7F4A_7C15) + 7);
+        let t0 = Instant::now();
+        let outcome = w.call(&mut c, &mut rng, usize::MAX, u64::MAX - k).await;
+        let took = t0.elapsed();
+        k += 1;
+        r.probe_calls += 1;
+        let normal = match outcome {
+            Outcome::Ok(_) => took <= threshold,
+            Outcome::Failed(s) if s.code() == tonic::Code::ResourceExhausted => {
+                r.probe_shed += 1;
+                false
+            }
+            Outcome::Failed(_) => {
+                r.probe_errors += 1;
+                false
+            }
+            Outcome::Exhausted => break,
+        };
+        if normal {
+            let begun = *streak_start.get_or_insert(t0);
+            streak += 1;
+            if streak >= STREAK {
+                r.recovery_ms = Some(begun.saturating_duration_since(since).as_secs_f64() * 1000.0);
+                break;
+            }
+        } else {
+            streak = 0;
+            streak_start = None;
+        }
+    }
+    r
 }
