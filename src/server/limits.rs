@@ -636,20 +636,29 @@ mod tests {
         let ms = Duration::from_millis;
         let t0 = Instant::now();
         let mut q = QueueClock::new(ms(10), ms(100), t0);
+        // The probe samples the run queue's wait; a call is judged by the wait at that moment.
         // Not overloaded: only a wait beyond the interval is refused.
+        q.sample(ms(50), t0);
         assert!(q.judge(ms(50), t0).is_ok());
+        q.sample(ms(150), t0 + ms(1));
         let over = q.judge(ms(150), t0 + ms(1)).err();
         assert_eq!(over.map(|o| o.key), Some("limits.queue_interval_ms"));
         // The whole interval's shortest wait was 50 ms > 10 ms: a standing queue.
+        q.sample(ms(20), t0 + ms(100));
         assert!(q.judge(ms(20), t0 + ms(100)).is_err());
+        q.sample(ms(11), t0 + ms(101));
         let over = q.judge(ms(11), t0 + ms(101)).err();
         assert_eq!(over.map(|o| o.key), Some("limits.queue_target_ms"));
+        q.sample(ms(2), t0 + ms(102));
         assert!(q.judge(ms(2), t0 + ms(102)).is_ok());
         // That interval saw a 2 ms wait: the queue drained, back to the lenient limit.
+        q.sample(ms(50), t0 + ms(200));
         assert!(q.judge(ms(50), t0 + ms(200)).is_ok());
         // That interval's shortest wait was 50 ms, but a whole idle interval followed it:
         // no evidence of a queue now.
+        q.sample(ms(50), t0 + ms(400));
         assert!(q.judge(ms(50), t0 + ms(400)).is_ok());
+        q.sample(ms(20), t0 + ms(500));
         assert!(q.judge(ms(20), t0 + ms(500)).is_err());
     }
 
