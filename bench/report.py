@@ -230,6 +230,13 @@ def render(work, out):
              "for the echo baseline (then the echo ratios flatter the service).")
     L.append("- Durable writes wait for group commit (flush + fdatasync): their rate is bounded by "
              "the disk's sync latency times the writers that share one flush.")
+    if flood:
+        due, on_time = flood.get("due") or 0, flood.get("sent_on_time") or 0
+        if due and on_time / due < 0.9:
+            L.append(f"- The flood was not fully offered: the load generator sent only {on_time / due * 100:.1f} % "
+                     "of its calls within 1 ms of their due time (one core, shared, cannot produce the rate); "
+                     "calls it sent late count their lateness as latency, so the admitted p99 then "
+                     "measures the load generator's backlog as much as the server.")
     L.append(f"- Errors in any run: {errors_total}. A run with errors is marked NOT A RESULT.")
     L.append("")
     (out / "RESULTS.md").write_text("\n".join(L))

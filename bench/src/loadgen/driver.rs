@@ -397,6 +397,11 @@ pub async fn open_loop(
         }
         wait_until(due).await;
         let permit = permits.clone().acquire_owned().await?;
+        if Instant::now() >= end {
+            // Behind schedule at the window's end: what is left was offered but never sent.
+            open.due += (end - due).as_secs_f64().div_euclid(interval.as_secs_f64()) as u64 + 1;
+            break;
+        }
         if due >= warm_end {
             open.due += 1;
             if Instant::now() <= due + Duration::from_millis(1) {
@@ -421,7 +426,8 @@ pub async fn open_loop(
     drop(tx);
     if let Some(threshold) = plan.recovery_latency {
         // Runs while the run's last calls drain, as a client arriving after a flood would.
-        open.recovery = Some(recovery_probe(&w, &clients, end, threshold).await);
+        let since = end.max(Instant::now());
+        open.recovery = Some(recovery_probe(&w, &clients, since, threshold).await);
     }
     let total = collector.await??;
     Ok(report(
