@@ -54,6 +54,10 @@ fn start(dir: &std::path::Path) -> Server {
             format!("127.0.0.1:{metrics_port}"),
         )
         .env("CUSTOMER_PROFILE_SHUTDOWN__DRAIN_DELAY_MS", "200")
+        // Fifty heavy batches at once on a debug build hold the runtime for long stretches;
+        // this test is about draining, so queue-time shedding must not refuse them.
+        .env("CUSTOMER_PROFILE_LIMITS__QUEUE_TARGET_MS", "60000")
+        .env("CUSTOMER_PROFILE_LIMITS__QUEUE_INTERVAL_MS", "60000")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
