@@ -58,6 +58,10 @@ fn start(dir: &std::path::Path) -> Server {
         // this test is about draining, so queue-time shedding must not refuse them.
         .env("CUSTOMER_PROFILE_LIMITS__QUEUE_TARGET_MS", "60000")
         .env("CUSTOMER_PROFILE_LIMITS__QUEUE_INTERVAL_MS", "60000")
+        // 10,000 serialized interaction writes drain in a few seconds on a quiet machine but
+        // took over the default 20 s grace on a loaded 2-core one (the calls were then cut off
+        // by design); this test is about draining, so give it room.
+        .env("CUSTOMER_PROFILE_SHUTDOWN__GRACE_SECS", "180")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
