@@ -109,6 +109,10 @@ impl Server {
             ])
             .arg(dir)
             .env("CUSTOMER_PROFILE_METRICS__ENABLED", "false")
+            // This harness is about durability: on a loaded CI machine queue-time shedding
+            // would refuse the retries it must make after a restart.
+            .env("CUSTOMER_PROFILE_LIMITS__QUEUE_TARGET_MS", "60000")
+            .env("CUSTOMER_PROFILE_LIMITS__QUEUE_INTERVAL_MS", "60000")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(stderr)

@@ -24,6 +24,9 @@ async fn a_storage_fault_turns_health_not_serving_and_refuses_writes() {
         data_dir: dir.path().to_path_buf(),
         ..Config::default()
     };
+    // Not a test of shedding: a stalled thread on a busy machine must not refuse calls.
+    config.limits.queue_target_ms = 60_000;
+    config.limits.queue_interval_ms = 60_000;
     config.metrics.enabled = false;
     let app = Application::build(config, Arc::new(ManualClock::new(START)))
         .await
@@ -113,6 +116,9 @@ fn config_at(dir: &Path, min_free_mb: u64) -> Config {
         data_dir: dir.to_path_buf(),
         ..Config::default()
     };
+    // Not a test of shedding: a stalled thread on a busy machine must not refuse calls.
+    config.limits.queue_target_ms = 60_000;
+    config.limits.queue_interval_ms = 60_000;
     config.metrics.enabled = false;
     config.storage.min_free_mb = min_free_mb;
     config
