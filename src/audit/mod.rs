@@ -146,7 +146,7 @@ impl AuditLog {
                 .into_iter()
                 .flatten()
             {
-                File::open(dir)?.sync_all()?;
+                crate::store::sync_dir(dir)?;
             }
         }
         let (tx, rx) = mpsc::channel::<(i64, Access)>();

@@ -414,27 +414,11 @@ pub fn master_key(config: &Config) -> anyhow::Result<Key> {
     let key = Key::generate()?;
     use base64::Engine;
     let text = base64::engine::general_purpose::STANDARD.encode(key.0);
-    // Written whole under a temporary name, fsynced, renamed into place and the directory
-    // fsynced: a crash leaves either no master.key (a new one is generated, and nothing was
-    // written with the lost one) or the complete key, never a torn file that would lock the
-    // directory out for good.
-    let tmp = config.data_dir.join("master.key.tmp");
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let mut f = opts
-        .open(&tmp)
-        .with_context(|| format!("creating {}", tmp.display()))?;
-    std::io::Write::write_all(&mut f, text.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("creating {}", path.display()))?;
-    std::fs::File::open(&config.data_dir)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("fsyncing {}", config.data_dir.display()))?;
+    // Written durably (temporary name, fsync, rename, directory fsync): a crash leaves either
+    // no master.key (a new one is generated, and nothing was written with the lost one) or the
+    // complete key, never a torn file that would lock the directory out for good.
+    crate::store::write_durably(&path, text.as_bytes(), Some(0o600))
+        .with_context(|| format!("creating {}", path.display()))?;
     tracing::warn!(path = %path.display(), "NO MASTER KEY CONFIGURED: generated one into the data directory (local development). Anyone with the directory can read the data; configure encryption.master_key_file outside development");
     Ok(key)
 }

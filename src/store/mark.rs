@@ -13,7 +13,6 @@
 //! never makes the mark claim more than is durable. Written to a temporary file, synced,
 //! renamed, then the directory synced.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
@@ -81,14 +80,8 @@ pub fn check(dir: &Path, recovered_change_seq: u64) -> Result<()> {
 
 /// Records `change_seq` as durable.
 pub fn write(dir: &Path, change_seq: u64) -> std::io::Result<()> {
-    let tmp = dir.join(format!("{FILE}.tmp"));
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        writeln!(f, "{HEADER}\nchange_seq {change_seq}")?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path(dir))?;
-    std::fs::File::open(dir)?.sync_all()
+    let text = format!("{HEADER}\nchange_seq {change_seq}\n");
+    super::dir_sync::write_durably(&path(dir), text.as_bytes(), None)
 }
 
 /// The thread that keeps the mark following durability.

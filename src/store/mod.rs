@@ -4,6 +4,7 @@
 pub mod codec;
 pub mod crypto;
 mod dir_sync;
+pub use dir_sync::{sync_dir, write_durably};
 mod group_commit;
 pub mod keys;
 mod mark;

@@ -19,15 +19,7 @@ use crate::helpers::*;
 #[tokio::test]
 async fn a_storage_fault_turns_health_not_serving_and_refuses_writes() {
     let dir = tempfile::tempdir().expect("dir");
-    let mut config = Config {
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        data_dir: dir.path().to_path_buf(),
-        ..Config::default()
-    };
-    // Not a test of shedding: a stalled thread on a busy machine must not refuse calls.
-    config.limits.queue_target_ms = 60_000;
-    config.limits.queue_interval_ms = 60_000;
-    config.metrics.enabled = false;
+    let config = config_at(dir.path(), Config::default().storage.min_free_mb);
     let app = Application::build(config, Arc::new(ManualClock::new(START)))
         .await
         .expect("build");
@@ -126,18 +118,22 @@ fn config_at(dir: &Path, min_free_mb: u64) -> Config {
 
 async fn try_start(config: Config) -> anyhow::Result<Node> {
     let app = Application::build(config, Arc::new(ManualClock::new(START))).await?;
-    let server = app.spawn();
+    Ok(connect_node(app.spawn()).await)
+}
+
+/// Clients of a server that is running.
+async fn connect_node(server: RunningServer) -> Node {
     let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", server.local_addr()))
         .expect("endpoint")
         .connect()
         .await
         .expect("connect");
-    Ok(Node {
+    Node {
         server: Some(server),
         identity: pb::identity_service_client::IdentityServiceClient::new(ch.clone()),
         profiles: pb::profile_service_client::ProfileServiceClient::new(ch.clone()),
         health: HealthClient::new(ch),
-    })
+    }
 }
 
 impl Node {
@@ -319,18 +315,7 @@ async fn disk_full_fallback() {
     .await
     .expect("build");
     let store = app.store();
-    let server = app.spawn();
-    let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", server.local_addr()))
-        .expect("endpoint")
-        .connect()
-        .await
-        .expect("connect");
-    let mut node = Node {
-        server: Some(server),
-        identity: pb::identity_service_client::IdentityServiceClient::new(ch.clone()),
-        profiles: pb::profile_service_client::ProfileServiceClient::new(ch.clone()),
-        health: HealthClient::new(ch),
-    };
+    let mut node = connect_node(app.spawn()).await;
     let err = node
         .try_create("refused@example.com")
         .await
