@@ -16,7 +16,7 @@
 //! way acknowledged, exactly once.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -90,6 +90,7 @@ fn free_port() -> u16 {
 struct Server {
     child: Child,
     port: u16,
+    dir: PathBuf,
 }
 
 impl Server {
@@ -118,7 +119,11 @@ impl Server {
             .stderr(stderr)
             .spawn()
             .expect("start the binary");
-        Server { child, port }
+        Server {
+            child,
+            port,
+            dir: dir.to_path_buf(),
+        }
     }
 
     /// SIGKILL, and reap the process.
@@ -134,6 +139,14 @@ impl Server {
             if let Some(status) = self.child.try_wait().expect("poll the server") {
                 let tail = std::fs::read_to_string(log).unwrap_or_default();
                 let tail: String = tail.lines().rev().take(20).collect::<Vec<_>>().join("\n");
+                // The port was free when picked, but a test running alongside may take it
+                // before the binary binds it: pick another and start again.
+                let bind_failed = format!("binding 127.0.0.1:{}", self.port);
+                if tail.contains(&bind_failed) && tail.contains("in use") {
+                    let dir = self.dir.clone();
+                    *self = Server::spawn(&dir, log);
+                    continue;
+                }
                 panic!("the server exited during start ({status}); its last log lines:\n{tail}");
             }
             assert!(
