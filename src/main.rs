@@ -279,6 +279,14 @@ async fn backup(server: &str, token: Option<&str>, out: &std::path::Path) -> any
     }
     file.sync_all()?;
     std::fs::rename(&partial, out)?;
+    // The rename is durable only once the directory entry is: a crash right after "backup
+    // written" must not leave the old name or none.
+    let dir = match out.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    customer_profile::store::sync_dir(dir)
+        .with_context(|| format!("syncing the directory of {}", out.display()))?;
     writeln!(
         std::io::stdout().lock(),
         "backup written to {} ({bytes} bytes)",

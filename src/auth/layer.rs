@@ -13,7 +13,7 @@ use tower::{Layer, Service};
 
 use super::tokens::{self, TokenHash};
 use super::{Access, Principal, required_access};
-use crate::audit::{Access as AuditAccess, AuditIds, AuditLog, code_name};
+use crate::audit::{Access as AuditAccess, AuditIds, AuditLog, NotStarted, code_name};
 use crate::server::metrics::Metrics;
 
 /// Everything needed to decide who a request comes from.
@@ -278,7 +278,8 @@ where
                     let resp = result?;
                     let outcome = outcome_of(&resp);
                     observe(metrics.as_ref(), &path, &outcome, started);
-                    if let Some(log) = audit {
+                    let ran = resp.extensions().get::<NotStarted>().is_none();
+                    if let Some(log) = audit.filter(|_| ran) {
                         log.record(AuditAccess {
                             principal: name.unwrap_or_else(|| "anonymous".into()),
                             method: path,

@@ -258,6 +258,7 @@ fn open_store(config: &Config) -> anyhow::Result<SledStore> {
         master_key: key,
         path: config.data_dir.clone(),
         cache_capacity_bytes: config.storage.cache_capacity_mb.saturating_mul(1024 * 1024),
+        min_free_mb: config.storage.min_free_mb,
     })
     .with_context(|| {
         format!(
@@ -265,7 +266,6 @@ fn open_store(config: &Config) -> anyhow::Result<SledStore> {
             config.data_dir.display()
         )
     })
-    .inspect(|store| store.set_min_free_mb(config.storage.min_free_mb))
 }
 
 /// Imports `opts.input` into the data directory of `config`. Rejected lines are reported,

@@ -532,6 +532,12 @@ where
             Ok(permit) => {
                 let fut = self.inner.call(req);
                 Box::pin(async move {
+                    // Admission is decided when the call's task first runs; the work waits one
+                    // turn of the run queue, so every call already queued behind this one is
+                    // admitted or refused before any of the admitted work starts. Without it a
+                    // flood queues as tasks the limits never see, and `max_in_flight` would
+                    // count only the one call running: the queue would be unbounded.
+                    tokio::task::yield_now().await;
                     let resp = fut.await?;
                     // A unary call's work is done when its reply is ready; a stream's goes on
                     // until its body ends, so its slot travels with the body.
@@ -544,7 +550,8 @@ where
                 })
             }
             Err(status) => {
-                let resp = status.into_http::<ResBody>().map(PermitBody::without);
+                let mut resp = status.into_http::<ResBody>().map(PermitBody::without);
+                resp.extensions_mut().insert(crate::audit::NotStarted);
                 Box::pin(async move { Ok(resp) })
             }
         }

@@ -87,10 +87,10 @@ impl Application {
                 master_key: master_key(&config)?,
                 path: config.data_dir.clone(),
                 cache_capacity_bytes: config.storage.cache_capacity_mb.saturating_mul(1024 * 1024),
+                min_free_mb: config.storage.min_free_mb,
             })
             .with_context(|| format!("opening the data directory {}", config.data_dir.display()))?,
         );
-        store.set_min_free_mb(config.storage.min_free_mb);
         let audit = Arc::new(
             AuditLog::open(&config.data_dir, clock.clone()).with_context(|| {
                 format!("opening the audit log in {}", config.data_dir.display())

@@ -98,6 +98,7 @@ fn run(ops: Vec<Op>) -> Result<()> {
         path: dir.path().to_path_buf(),
         cache_capacity_bytes: 8 << 20,
         master_key: crate::store::crypto::Key([7; 32]),
+        min_free_mb: 0,
     })?);
     let policy = IdentityPolicy::default();
     let rules = Rules::default();

@@ -48,6 +48,9 @@ pub struct StoreOptions {
     pub cache_capacity_bytes: u64,
     /// The master key: data keys are wrapped under it, index hashes keyed by it.
     pub master_key: Key,
+    /// Writes are refused (UNAVAILABLE) while the volume has less free space than this, MiB;
+    /// 0 disables the check (`storage.min_free_mb`).
+    pub min_free_mb: u64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -296,7 +299,7 @@ impl SledStore {
             crypto,
             gate: tokio::sync::Mutex::new(()),
             data_keys: RwLock::new(HashMap::new()),
-            space: SpaceGuard::new(opts.path.clone()),
+            space: SpaceGuard::new(opts.path.clone(), opts.min_free_mb),
             marker,
         })
     }
@@ -1482,6 +1485,7 @@ mod tests {
             path: dir.to_path_buf(),
             cache_capacity_bytes: 8 << 20,
             master_key: crate::store::crypto::Key([7; 32]),
+            min_free_mb: 0,
         })
     }
 

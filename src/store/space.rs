@@ -29,11 +29,11 @@ pub struct SpaceGuard {
 }
 
 impl SpaceGuard {
-    /// A guard for the volume holding `path`, disabled until [`SpaceGuard::set_min_free_mb`].
-    pub fn new(path: PathBuf) -> Self {
+    /// A guard for the volume holding `path` that wants `min_free_mb` MiB free (0: disabled).
+    pub fn new(path: PathBuf, min_free_mb: u64) -> Self {
         SpaceGuard {
             path,
-            min_free: AtomicU64::new(0),
+            min_free: AtomicU64::new(min_free_mb.saturating_mul(MIB)),
             last: Mutex::new(None),
         }
     }
@@ -104,7 +104,7 @@ mod tests {
     #[test]
     fn the_guard_refuses_below_its_threshold_and_not_when_off() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let guard = SpaceGuard::new(dir.path().to_path_buf());
+        let guard = SpaceGuard::new(dir.path().to_path_buf(), 0);
         assert!(guard.check().is_ok(), "off by default");
         guard.set_min_free_mb(1 << 43);
         match guard.check() {

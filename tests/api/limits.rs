@@ -96,8 +96,12 @@ impl Server {
         out
     }
 
-    async fn stop(mut self) {
-        if let Some(r) = self.running.take() {
+    async fn stop(self) {
+        // The test's handle on the store goes first: stopping waits (up to 30 s) for the last
+        // one before it closes the store.
+        let Server { store, running, .. } = self;
+        drop(store);
+        if let Some(r) = running {
             r.stop().await.expect("graceful stop");
         }
     }
@@ -139,6 +143,16 @@ async fn calls_beyond_max_in_flight_are_refused_at_once_and_served_again_after()
                 .resolve(resolve_req(&format!("held{i}@example.com")))
                 .await
         }));
+    }
+    // Both must hold their slots before the probing starts: a probing call admitted at the
+    // same moment would take a slot for its own turn and crowd a writer out.
+    for _ in 0..2000 {
+        let metrics = server.scrape().await;
+        if sample(&metrics, "grpc_requests_in_flight") >= 2.0 {
+            break;
+        }
+        // A hang guard, not a timing check.
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let mut identity = server.identity();
     let mut refused = None;
@@ -194,6 +208,49 @@ async fn calls_beyond_max_in_flight_are_refused_at_once_and_served_again_after()
         sample(&metrics, "grpc_requests_shed_total{reason=\"in_flight\"}") >= 6.0,
         "{metrics}"
     );
+    server.stop().await;
+}
+
+/// A burst of reads that each finish without waiting (no lock, no I/O) is still bounded by
+/// `max_in_flight`: admission happens as each call's task first runs, and the admitted work
+/// waits one turn of the run queue, so a burst queued as tasks is sorted into admitted and
+/// refused before the admitted work runs. Without that turn each read would run to the end in
+/// its first poll, `max_in_flight` would only ever count one call, and a flood would queue
+/// as tasks the limits never see.
+#[tokio::test]
+async fn a_burst_of_quick_reads_beyond_max_in_flight_is_refused_not_queued() {
+    let server = Server::start(|c| c.limits.max_in_flight = 1).await;
+    let mut refused = 0;
+    let mut served = 0;
+    // Bounded: a few bursts are plenty; the first usually shows it.
+    for round in 0..20 {
+        let calls = (0..200).map(|i| {
+            let mut identity = server.identity();
+            async move {
+                identity
+                    .lookup_profile_ids(lookup_req(&format!("burst{round}-{i}@example.com")))
+                    .await
+            }
+        });
+        for r in futures::future::join_all(calls).await {
+            match r {
+                Ok(_) => served += 1,
+                Err(s) => {
+                    assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
+                    assert!(s.message().contains("max_in_flight"), "{s:?}");
+                    refused += 1;
+                }
+            }
+        }
+        if refused > 0 {
+            break;
+        }
+    }
+    assert!(
+        refused > 0,
+        "no call of the bursts was refused ({served} served)"
+    );
+    assert!(served > 0, "every call was refused");
     server.stop().await;
 }
 
