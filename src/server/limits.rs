@@ -43,7 +43,7 @@ const ERROR_DOMAIN: &str = "customer-profile";
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
     /// Unary calls in progress at once; beyond it calls are refused with RESOURCE_EXHAUSTED
-    /// (default 64 per CPU core).
+    /// (default 256 per CPU core).
     pub max_in_flight: usize,
     /// Open server streams (WatchChanges, ExportCustomer, Backup) at once.
     pub max_streams: usize,
@@ -86,7 +86,7 @@ impl Default for LimitsConfig {
     fn default() -> Self {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         LimitsConfig {
-            max_in_flight: 64 * cores,
+            max_in_flight: 256 * cores,
             max_streams: 256,
             max_request_secs: 60,
             max_message_bytes: 4 * 1024 * 1024,
@@ -325,14 +325,18 @@ async fn probe(shared: Weak<Shared>) {
 struct Shared {
     in_flight: Arc<Semaphore>,
     streams: Arc<Semaphore>,
-    max_in_flight: usize,
-    max_streams: usize,
     /// Principal name → bucket; fixed at start (principals come from configuration), so
     /// callers cannot grow it.
     buckets: HashMap<String, parking_lot::Mutex<Bucket>>,
     queue: parking_lot::Mutex<QueueClock>,
     lag: Lag,
     metrics: Option<Arc<Metrics>>,
+    /// The fixed refusals, encoded once: under a flood most calls get one, and building the
+    /// status with its details for each would make refusing cost a good part of serving.
+    refuse_in_flight: http::HeaderMap,
+    refuse_streams: http::HeaderMap,
+    /// `grpc_requests_shed_total` by reason, registered once.
+    shed_in_flight: Option<metrics::Counter>,
 }
 
 /// The layer; build it once per server with [`LimitsLayer::new`].
@@ -365,8 +369,6 @@ impl LimitsLayer {
             shared: Arc::new(Shared {
                 in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
                 streams: Arc::new(Semaphore::new(config.max_streams)),
-                max_in_flight: config.max_in_flight,
-                max_streams: config.max_streams,
                 buckets,
                 queue: parking_lot::Mutex::new(QueueClock::new(
                     Duration::from_millis(config.queue_target_ms),
@@ -378,6 +380,11 @@ impl LimitsLayer {
                     next_due: AtomicU64::new(u64::MAX),
                     last: AtomicU64::new(0),
                 },
+                refuse_in_flight: headers_of(in_flight_refusal(config.max_in_flight)),
+                refuse_streams: headers_of(streams_refusal(config.max_streams)),
+                shed_in_flight: metrics
+                    .as_ref()
+                    .map(|m| m.counter("grpc_requests_shed_total", &[("reason", "in_flight")])),
                 metrics,
             }),
         };
@@ -471,33 +478,47 @@ impl Shared {
         })
     }
 
-    fn admit(&self, path: &str) -> Result<OwnedSemaphorePermit, Status> {
+    fn admit(&self, path: &str) -> Result<OwnedSemaphorePermit, http::HeaderMap> {
         if STREAMING_METHODS.contains(&path) {
             self.streams.clone().try_acquire_owned().map_err(|_| {
                 self.shed("streams");
-                exhausted(
-                    "TOO_MANY_STREAMS",
-                    format!(
-                        "the server has {} streams open, its limit (limits.max_streams); back off and retry later",
-                        self.max_streams
-                    ),
-                    SHED_RETRY_AFTER,
-                )
+                self.refuse_streams.clone()
             })
         } else {
             self.in_flight.clone().try_acquire_owned().map_err(|_| {
-                self.shed("in_flight");
-                exhausted(
-                    "OVERLOADED",
-                    format!(
-                        "the server is at its limit of {} calls in progress (limits.max_in_flight) and refused this one without starting it; back off and retry later",
-                        self.max_in_flight
-                    ),
-                    SHED_RETRY_AFTER,
-                )
+                match &self.shed_in_flight {
+                    Some(c) => c.increment(1),
+                    None => self.shed("in_flight"),
+                }
+                self.refuse_in_flight.clone()
             })
         }
     }
+}
+
+fn in_flight_refusal(max_in_flight: usize) -> Status {
+    exhausted(
+        "OVERLOADED",
+        format!(
+            "the server is at its limit of {max_in_flight} calls in progress (limits.max_in_flight) and refused this one without starting it; back off and retry later"
+        ),
+        SHED_RETRY_AFTER,
+    )
+}
+
+fn streams_refusal(max_streams: usize) -> Status {
+    exhausted(
+        "TOO_MANY_STREAMS",
+        format!(
+            "the server has {max_streams} streams open, its limit (limits.max_streams); back off and retry later"
+        ),
+        SHED_RETRY_AFTER,
+    )
+}
+
+/// The trailers-only reply headers of a refusal.
+fn headers_of(status: Status) -> http::HeaderMap {
+    status.into_http::<()>().into_parts().0.headers
 }
 
 type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
@@ -527,6 +548,7 @@ where
             .shared
             .rate_limit(req.extensions().get::<Arc<Principal>>())
             .and_then(|()| self.shared.queue_time())
+            .map_err(headers_of)
             .and_then(|()| self.shared.admit(path));
         match admitted {
             Ok(permit) => {
@@ -549,8 +571,9 @@ where
                     })
                 })
             }
-            Err(status) => {
-                let mut resp = status.into_http::<ResBody>().map(PermitBody::without);
+            Err(headers) => {
+                let mut resp = http::Response::new(PermitBody::without(ResBody::default()));
+                *resp.headers_mut() = headers;
                 resp.extensions_mut().insert(crate::audit::NotStarted);
                 Box::pin(async move { Ok(resp) })
             }

@@ -2,12 +2,17 @@
 //! tokio runtime with `enable_all`, `Server::builder()` defaults, a tokio `TcpListener`
 //! stream), whose one RPC replies with a fixed payload the size of a typical GetProfile reply.
 //! Whatever customer-profile costs beyond this is the service's own work.
+
 #![deny(
     clippy::unwrap_used,
     clippy::expect_used,
     clippy::panic,
     clippy::print_stdout
 )]
+
+/// mimalloc, as in customer-profile: the baseline runs with the same allocator as the service, so the ratio compares like with like.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::net::SocketAddr;
 

@@ -1,7 +1,12 @@
 //! The benchmark's load generator: runs one scenario against customer-profile or the echo
 //! baseline (closed or open loop) and writes a JSON report; also waits for health SERVING,
 //! probes the typical GetProfile reply size, and can seed a server over gRPC.
+
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+/// mimalloc, as in customer-profile: the load generator's own cost per call limits the rate it can offer.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[path = "../loadgen/driver.rs"]
 mod driver;

@@ -7,9 +7,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use futures::FutureExt;
+use futures::stream::{FuturesUnordered, StreamExt};
 use hdrhistogram::Histogram;
 use serde::Serialize;
-use tokio::sync::{Semaphore, mpsc};
 use tonic::transport::Channel;
 
 use super::workload::{Clients, Outcome, Rng, Workload};
@@ -363,9 +364,11 @@ async fn wait_until(at: Instant) {
     }
 }
 
-/// A fixed rate: request k is due at start + k/R. One dispatcher sends each on time (at most
+/// A fixed rate: request k is due at start + k/R. One task sends each on time (at most
 /// `concurrency` in flight; when that many are outstanding the next waits, and its wait counts
-/// as latency because latency is measured from the due time).
+/// as latency because latency is measured from the due time). The calls in flight are futures
+/// polled by the same task (no task or channel per call): the load generator's own cost per
+/// call is what limits the rate it can offer, so it is kept to the call itself.
 pub async fn open_loop(
     w: Arc<Workload>,
     channels: &[Channel],
@@ -377,17 +380,10 @@ pub async fn open_loop(
     let start = Instant::now() + Duration::from_millis(10);
     let warm_end = start + plan.warmup;
     let end = warm_end + plan.duration;
-    let permits = Arc::new(Semaphore::new(plan.concurrency.max(1)));
-    let (tx, mut rx) = mpsc::unbounded_channel::<(Outcome, Duration, Instant)>();
-    let shed_ok = plan.shed_ok;
-    let collector = tokio::spawn(async move {
-        let mut tally = Tally::new(shed_ok)?;
-        while let Some((o, lat, done)) = rx.recv().await {
-            tally.record(o, lat, done);
-        }
-        anyhow::Ok(tally)
-    });
+    let cap = plan.concurrency.max(1);
     let clients: Vec<Clients> = channels.iter().cloned().map(Clients::new).collect();
+    let mut tally = Tally::new(plan.shed_ok)?;
+    let mut inflight = FuturesUnordered::new();
     let mut k: u64 = 0;
     let mut open = OpenFacts::default();
     loop {
@@ -395,8 +391,24 @@ pub async fn open_loop(
         if due >= end {
             break;
         }
-        wait_until(due).await;
-        let permit = permits.clone().acquire_owned().await?;
+        // Take replies until this call is due and a slot is free.
+        loop {
+            if inflight.len() >= cap {
+                // Full: only a reply frees a slot.
+                if let Some(done) = inflight.next().await {
+                    take(&mut tally, done);
+                }
+                continue;
+            }
+            if Instant::now() >= due {
+                break;
+            }
+            tokio::select! {
+                biased;
+                Some(done) = inflight.next(), if !inflight.is_empty() => take(&mut tally, done),
+                () = wait_until(due) => {}
+            }
+        }
         if Instant::now() >= end {
             // Behind schedule at the window's end: what is left was offered but never sent.
             open.due += (end - due).as_secs_f64().div_euclid(interval.as_secs_f64()) as u64 + 1;
@@ -410,35 +422,64 @@ pub async fn open_loop(
         }
         let mut c = clients[(k as usize) % clients.len()].clone();
         let w = w.clone();
-        let tx = tx.clone();
         let counted = due >= warm_end;
-        tokio::spawn(async move {
-            let mut rng = Rng::new(k.wrapping_mul(0x2545_F491_4F6C_DD1D) + 1);
-            let outcome = w.call(&mut c, &mut rng, usize::MAX, k).await;
+        let seq = k;
+        inflight.push(async move {
+            let mut rng = Rng::new(seq.wrapping_mul(0x2545_F491_4F6C_DD1D) + 1);
+            let outcome = w.call(&mut c, &mut rng, usize::MAX, seq).await;
             let now = Instant::now();
-            drop(permit);
-            if counted {
-                let _ = tx.send((outcome, now - due, now));
+            Done {
+                outcome,
+                latency: now - due,
+                at: now,
+                counted,
             }
         });
+        // Send it now: a pushed future does nothing until it is polled.
+        while let Some(Some(done)) = inflight.next().now_or_never() {
+            take(&mut tally, done);
+        }
         k += 1;
     }
-    drop(tx);
-    if let Some(threshold) = plan.recovery_latency {
-        // Runs while the run's last calls drain, as a client arriving after a flood would.
-        let since = end.max(Instant::now());
-        open.recovery = Some(recovery_probe(&w, &clients, since, threshold).await);
+    // The run's last calls drain while the recovery probe runs, as a client arriving after a
+    // flood would see them.
+    let drain = async {
+        while let Some(done) = inflight.next().await {
+            take(&mut tally, done);
+        }
+    };
+    match plan.recovery_latency {
+        Some(threshold) => {
+            let since = end.max(Instant::now());
+            let ((), recovery) =
+                tokio::join!(drain, recovery_probe(&w, &clients, since, threshold));
+            open.recovery = Some(recovery);
+        }
+        None => drain.await,
     }
-    let total = collector.await??;
     Ok(report(
         &w,
         plan,
         target,
         channels.len(),
-        total,
+        tally,
         plan.duration,
         Some(open),
     ))
+}
+
+/// One open-loop call's result.
+struct Done {
+    outcome: Outcome,
+    latency: Duration,
+    at: Instant,
+    counted: bool,
+}
+
+fn take(tally: &mut Tally, d: Done) {
+    if d.counted {
+        tally.record(d.outcome, d.latency, d.at);
+    }
 }
 
 /// Sends one call at a time from `since` (the end of a flood) until `STREAK` calls in a row
