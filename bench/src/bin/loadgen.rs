@@ -230,7 +230,10 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    let result = runtime.block_on(async move {
+    // The work runs as a task on the runtime's workers, not on this thread: driven from here
+    // (block_on), every reply would hand over between this thread and a worker, a context
+    // switch per call on a pinned core.
+    let work = runtime.spawn(async move {
         match cli.command {
             Command::Run(a) => run(a).await,
             Command::Wait { target, timeout } => wait(&target, timeout).await.map(|()| true),
@@ -242,6 +245,9 @@ fn main() -> std::process::ExitCode {
             Command::Seed(a) => seed::seed(a).await.map(|()| true),
         }
     });
+    let result = runtime
+        .block_on(work)
+        .unwrap_or_else(|e| Err(anyhow::anyhow!("the load generator's task failed: {e}")));
     match result {
         Ok(true) => std::process::ExitCode::SUCCESS,
         Ok(false) => std::process::ExitCode::from(1),
