@@ -58,6 +58,9 @@ pub enum TreeName {
     Idempotency,
     /// Creation time → idempotency key, for expiry.
     IdempotencyExpiry,
+    /// UUID mentioned in a stored response ++ idempotency key → nothing: what erasure
+    /// purges, found without reading every stored response.
+    IdempotencyMentions,
     /// Sequence → change event.
     Changes,
     /// Profile → consent records in write order.
@@ -82,7 +85,7 @@ pub enum TreeName {
 
 impl TreeName {
     /// Every tree, in the order of their index in the store.
-    pub const ALL: [TreeName; 20] = [
+    pub const ALL: [TreeName; 21] = [
         TreeName::Meta,
         TreeName::Profiles,
         TreeName::IdentifierToProfile,
@@ -103,6 +106,7 @@ impl TreeName {
         TreeName::InteractionIndex,
         TreeName::Erased,
         TreeName::DataKeys,
+        TreeName::IdempotencyMentions,
     ];
 
     /// The sled tree name.
@@ -118,6 +122,7 @@ impl TreeName {
             TreeName::ProfileInteractions => "profile_interactions",
             TreeName::Idempotency => "idempotency",
             TreeName::IdempotencyExpiry => "idempotency_expiry",
+            TreeName::IdempotencyMentions => "idempotency_mentions",
             TreeName::Changes => "changes",
             TreeName::Consents => "consents",
             TreeName::Preferences => "preferences",
@@ -135,6 +140,44 @@ impl TreeName {
     pub fn index(self) -> usize {
         self as usize
     }
+}
+
+/// Meta key: set once every stored idempotent response is in `IdempotencyMentions` (data
+/// directories written before that tree existed are indexed once, at open).
+pub const META_IDEMPOTENCY_MENTIONS: &[u8] = b"idempotency_mentions_v1";
+
+/// The UUIDs a stored response mentions, in their text form (`8-4-4-4-12` hex digits), as
+/// bytes, without repeats: profile ids among them.
+pub fn mentioned_uuids(response: &[u8]) -> Vec<[u8; 16]> {
+    const LEN: usize = 36;
+    let mut out: Vec<[u8; 16]> = Vec::new();
+    if response.len() < LEN {
+        return out;
+    }
+    for i in 0..=response.len() - LEN {
+        let w = &response[i..i + LEN];
+        if w[8] != b'-' || w[13] != b'-' || w[18] != b'-' || w[23] != b'-' {
+            continue;
+        }
+        let Ok(text) = std::str::from_utf8(w) else {
+            continue;
+        };
+        if let Ok(u) = uuid::Uuid::try_parse(text) {
+            let b = *u.as_bytes();
+            if !out.contains(&b) {
+                out.push(b);
+            }
+        }
+    }
+    out
+}
+
+/// uuid ++ idempotency key.
+pub fn idempotency_mention(uuid: &[u8; 16], idem: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(16 + idem.len());
+    k.extend_from_slice(uuid);
+    k.extend_from_slice(idem);
+    k
 }
 
 /// Meta key: schema version of the data directory.
@@ -450,6 +493,20 @@ pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mentioned_uuids_finds_each_uuid_once_and_nothing_else() {
+        let a = "0192f3a4-5b6c-7d8e-9f00-112233445566";
+        let b = "0192F3A4-5B6C-7D8E-9F00-112233445577";
+        let text = format!("{a}:{b}/{a} 0192f3a4-5b6c-7d8e-9f00-11223344556 x-{a}");
+        let found = mentioned_uuids(text.as_bytes());
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert_eq!(mentioned_uuids(b"too short"), Vec::<[u8; 16]>::new());
+        assert_eq!(
+            mentioned_uuids(b"zzzzzzzz-zzzz-zzzz-zzzz-zzzzzzzzzzzz"),
+            Vec::<[u8; 16]>::new()
+        );
+    }
 
     #[test]
     fn time_order_is_byte_order() {

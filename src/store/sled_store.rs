@@ -118,6 +118,7 @@ fn sealing(t: TreeName) -> Sealing {
         TreeName::Meta
         | TreeName::ProfileMerges
         | TreeName::IdempotencyExpiry
+        | TreeName::IdempotencyMentions
         | TreeName::Changes
         | TreeName::SentMessages
         | TreeName::SegmentIndex
@@ -171,7 +172,10 @@ impl SledStore {
             ))
         };
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Self::open_checked(opts))) {
-            Ok(Ok(store)) => Ok(store),
+            Ok(Ok(store)) => {
+                store.index_idempotency_mentions()?;
+                Ok(store)
+            }
             Ok(Err(Error::Corrupt(what))) => Err(damaged(what)),
             Ok(Err(e)) => Err(e),
             Err(panic) => {
@@ -360,6 +364,40 @@ impl SledStore {
     /// free (`storage.min_free_mb`; 0 disables). Takes effect on the next write.
     pub fn set_min_free_mb(&self, mb: u64) {
         self.space.set_min_free_mb(mb);
+    }
+
+    /// Fills `IdempotencyMentions` from every stored response, once per data directory
+    /// (directories written before that index existed); later writes keep it.
+    fn index_idempotency_mentions(&self) -> Result<()> {
+        if self
+            .get(TreeName::Meta, keys::META_IDEMPOTENCY_MENTIONS)?
+            .is_some()
+        {
+            return Ok(());
+        }
+        let written = self.write_pending(&mut |p| {
+            for (k, v) in p.range(TreeName::Idempotency, &[], None, false, usize::MAX)? {
+                let record: IdempotentRecord = decode("idempotency record", &v)?;
+                for u in keys::mentioned_uuids(&record.response) {
+                    p.set(
+                        TreeName::IdempotencyMentions,
+                        keys::idempotency_mention(&u, &k),
+                        Vec::new(),
+                    );
+                }
+            }
+            p.set(
+                TreeName::Meta,
+                keys::META_IDEMPOTENCY_MENTIONS.to_vec(),
+                vec![1],
+            );
+            Ok(())
+        });
+        if let Err(e) = written {
+            // Not fatal: erasure scans every stored response until the index is complete.
+            tracing::warn!(error = %e, "could not index stored idempotent responses; erasure falls back to scanning them");
+        }
+        Ok(())
     }
 
     /// Number of flushes so far.
@@ -702,6 +740,27 @@ struct Undo {
 }
 
 impl Pending<'_> {
+    /// Deletes the stored response under `idem` with its expiry entry and every mention
+    /// entry; false if there was none.
+    fn forget_idempotent(&mut self, idem: &[u8]) -> Result<bool> {
+        let Some(v) = self.get(TreeName::Idempotency, idem)? else {
+            return Ok(false);
+        };
+        let record: IdempotentRecord = decode("idempotency record", &v)?;
+        for u in keys::mentioned_uuids(&record.response) {
+            self.delete(
+                TreeName::IdempotencyMentions,
+                keys::idempotency_mention(&u, idem),
+            );
+        }
+        self.delete(
+            TreeName::IdempotencyExpiry,
+            keys::idempotency_expiry(record.created_at, idem),
+        );
+        self.delete(TreeName::Idempotency, idem.to_vec());
+        Ok(true)
+    }
+
     fn set(&mut self, tree: TreeName, key: Vec<u8>, value: Vec<u8>) {
         self.put(tree, key, Some(value));
     }
@@ -1224,6 +1283,13 @@ impl WriteTx for Pending<'_> {
             keys::idempotency_expiry(at, &key),
             Vec::new(),
         );
+        for u in keys::mentioned_uuids(response) {
+            self.set(
+                TreeName::IdempotencyMentions,
+                keys::idempotency_mention(&u, &key),
+                Vec::new(),
+            );
+        }
         self.set(TreeName::Idempotency, key, encode(&record)?);
         Ok(())
     }
@@ -1266,19 +1332,46 @@ impl WriteTx for Pending<'_> {
     }
 
     fn purge_idempotency_mentioning(&mut self, needles: &[String]) -> Result<usize> {
+        // Through the mentions index: a stored response is read only if it names one of the
+        // needles (a scan of every response, under the write gate, made each erasure cost
+        // the whole day's idempotency records).
         let mut gone = 0;
-        for (k, v) in self.range(TreeName::Idempotency, &[], None, false, usize::MAX)? {
-            let record: IdempotentRecord = decode("idempotency record", &v)?;
-            let mentions = needles
-                .iter()
-                .any(|n| record.response.windows(n.len()).any(|w| w == n.as_bytes()));
-            if mentions {
-                self.delete(
-                    TreeName::IdempotencyExpiry,
-                    keys::idempotency_expiry(record.created_at, &k),
-                );
-                self.delete(TreeName::Idempotency, k);
-                gone += 1;
+        if self
+            .get(TreeName::Meta, keys::META_IDEMPOTENCY_MENTIONS)?
+            .is_none()
+        {
+            // Responses stored before the index existed may not be in it yet: read them all.
+            for (k, v) in self.range(TreeName::Idempotency, &[], None, false, usize::MAX)? {
+                let record: IdempotentRecord = decode("idempotency record", &v)?;
+                let mentions = needles
+                    .iter()
+                    .any(|n| record.response.windows(n.len()).any(|w| w == n.as_bytes()));
+                if mentions && self.forget_idempotent(&k)? {
+                    gone += 1;
+                }
+            }
+            return Ok(gone);
+        }
+        for needle in needles {
+            let Ok(u) = uuid::Uuid::try_parse(needle) else {
+                return Err(Error::Corrupt(format!(
+                    "purging idempotent responses: {needle:?} is not a UUID"
+                )));
+            };
+            let prefix = u.as_bytes().to_vec();
+            let (lo, hi) = prefix_bounds(&prefix);
+            for (k, _) in self.range(
+                TreeName::IdempotencyMentions,
+                &lo,
+                hi.as_deref(),
+                false,
+                usize::MAX,
+            )? {
+                let idem = k[16..].to_vec();
+                if self.forget_idempotent(&idem)? {
+                    gone += 1;
+                }
+                self.delete(TreeName::IdempotencyMentions, k);
             }
         }
         Ok(gone)
@@ -1450,7 +1543,8 @@ impl Store for SledStore {
                     if at >= idempotency_before {
                         break;
                     }
-                    p.delete(TreeName::Idempotency, idem.to_vec());
+                    let idem = idem.to_vec();
+                    p.forget_idempotent(&idem)?;
                     p.delete(TreeName::IdempotencyExpiry, k);
                     n += 1;
                 }
@@ -1491,6 +1585,67 @@ mod tests {
 
     fn tempdir() -> tempfile::TempDir {
         tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn erasure_purges_the_responses_that_mention_a_profile_through_the_index_and_without_it()
+    -> Result<()> {
+        let dir = tempdir();
+        let store = open(dir.path())?;
+        let now = Timestamp(1_000_000);
+        let (a, b, c) = (
+            ProfileId::new_at(now),
+            ProfileId::new_at(now),
+            ProfileId::new_at(now),
+        );
+        let put = |store: &SledStore| -> Result<()> {
+            Store::write(store, &mut |tx| {
+                tx.put_idempotent_response("s", "ab", now, format!("x{a}y{b}z").as_bytes())?;
+                tx.put_idempotent_response("s", "c", now, format!("{c}").as_bytes())?;
+                Ok(())
+            })?;
+            Ok(())
+        };
+        let mentions = |store: &SledStore| -> Result<usize> {
+            Ok(Raw::range(store, TreeName::IdempotencyMentions, &[], None, false, 100)?.len())
+        };
+        let purge = |store: &SledStore, p: ProfileId| -> Result<usize> {
+            let mut n = 0;
+            Store::write(store, &mut |tx| {
+                n = tx.purge_idempotency_mentioning(&[p.to_string()])?;
+                Ok(())
+            })?;
+            Ok(n)
+        };
+        put(&store)?;
+        assert_eq!(mentions(&store)?, 3, "a, b and c are indexed");
+        assert_eq!(purge(&store, b)?, 1);
+        assert!(store.idempotent_response("s", "ab")?.is_none(), "gone");
+        assert!(store.idempotent_response("s", "c")?.is_some(), "kept");
+        assert_eq!(mentions(&store)?, 1, "a's entry went with the response");
+        assert_eq!(purge(&store, b)?, 0, "nothing left to purge");
+
+        // A data directory from before the index: no flag, no entries. Erasure still finds
+        // the responses (by reading them all), and the next open indexes them.
+        put(&store)?;
+        store.write_pending(&mut |p| {
+            p.delete(TreeName::Meta, keys::META_IDEMPOTENCY_MENTIONS.to_vec());
+            for (k, _) in p.range(TreeName::IdempotencyMentions, &[], None, false, 100)? {
+                p.delete(TreeName::IdempotencyMentions, k);
+            }
+            Ok(())
+        })?;
+        assert_eq!(mentions(&store)?, 0);
+        assert_eq!(purge(&store, a)?, 1, "found without the index");
+        assert!(store.idempotent_response("s", "ab")?.is_none());
+        put(&store)?;
+        store.close()?;
+        drop(store);
+        let store = open(dir.path())?;
+        assert!(Raw::get(&store, TreeName::Meta, keys::META_IDEMPOTENCY_MENTIONS)?.is_some());
+        assert_eq!(mentions(&store)?, 3, "indexed at open");
+        assert_eq!(purge(&store, c)?, 1);
+        Ok(())
     }
 
     #[test]
