@@ -31,7 +31,7 @@ use tonic::transport::{Channel as GrpcChannel, Endpoint};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-use crate::helpers::{by_id, device, email, mask};
+use crate::helpers::{by_id, device, email, free_port, mask};
 
 /// Small deterministic generator (splitmix64): the whole run follows from the seed.
 struct Rng(u64);
@@ -78,14 +78,6 @@ fn micros(t: &Option<prost_types::Timestamp>) -> i64 {
 }
 
 // ------------------------------------------------------------------------------- the server
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
 
 struct Server {
     child: Child,

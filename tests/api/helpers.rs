@@ -46,6 +46,16 @@ pub struct TestApp {
 
 static UNIQUE: AtomicU64 = AtomicU64::new(1);
 
+/// A loopback port free at the moment of asking, for a server the test starts as a process
+/// (another test may still take it first; the crash harness retries on a bind failure).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
 /// A value unique within this test process (`prefix-<n>`).
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", UNIQUE.fetch_add(1, Ordering::Relaxed))

@@ -15,14 +15,6 @@ use tonic_health::pb::health_client::HealthClient;
 
 use crate::helpers::*;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
 struct Server {
     child: Child,
     port: u16,
