@@ -951,6 +951,26 @@ async fn read_feed(c: &Clients, from: u64, tag: &str) -> (u64, BTreeSet<(String,
     }
 }
 
+/// A reply as a replay must repeat it. A Resolve that wrote nothing (a lookup, a conflict, a
+/// match with nothing to add: the handler's fast path) stores no reply, so a retry reads the
+/// profile as it is now: its version may have moved on with other writers' changes. The rest
+/// must match, and the change-feed marker below proves the retry wrote nothing.
+fn comparable(r: &Reply) -> Reply {
+    match r {
+        Reply::Resolve(x)
+            if x.outcome != pb::ResolveOutcome::Created as i32
+                && x.linked.is_empty()
+                && x.merge_ids.is_empty() =>
+        {
+            Reply::Resolve(pb::ResolveResponse {
+                version: 0,
+                ..x.clone()
+            })
+        }
+        other => other.clone(),
+    }
+}
+
 /// Sends each writer's last acknowledged request again: the same answer, and nothing
 /// written (a marker made after the replays is the very next change).
 async fn replay_last(writers: &[Writer], c: &Clients, head: u64, tag: &str, t: &mut Totals) {
@@ -961,7 +981,8 @@ async fn replay_last(writers: &[Writer], c: &Clients, head: u64, tag: &str, t: &
             .await
             .unwrap_or_else(|s| panic!("{:?}: replay of {op:?} failed: {s:?}", w.kind));
         assert_eq!(
-            &again, reply,
+            comparable(&again),
+            comparable(reply),
             "{:?}: a replay after the restart answers differently",
             w.kind
         );
