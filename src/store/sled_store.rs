@@ -622,6 +622,15 @@ impl SledStore {
                     )?),
                     (Some(v), Sealing::Profile) => {
                         let profile = profile_prefix(k)?;
+                        if p.dropped_keys.contains(&profile) {
+                            // Sealing it with a key this transaction deletes would store a
+                            // value no one can read: a bug in the rules, refused whole.
+                            return Err(Error::Unavailable(format!(
+                                "{}: a value for profile {} written in the transaction that erases it",
+                                t.name(),
+                                uuid::Uuid::from_bytes(profile)
+                            )));
+                        }
                         let key = match new_keys.iter().find(|(p, _)| *p == profile) {
                             Some((_, key)) => key.clone(),
                             None => match self.data_key(profile)? {
@@ -1328,6 +1337,10 @@ impl WriteTx for Pending<'_> {
             keys::profile(profile).to_vec(),
             encode(&at)?,
         );
+        // The data key goes with the records (SPEC §10): copies of them left in sled's log
+        // or in a backup taken before can no longer be opened.
+        self.delete(TreeName::DataKeys, keys::profile(profile).to_vec());
+        self.dropped_keys.push(*profile.as_bytes());
         Ok(())
     }
 
@@ -1585,6 +1598,60 @@ mod tests {
 
     fn tempdir() -> tempfile::TempDir {
         tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn erasure_deletes_the_data_key_and_every_value_sealed_with_it() -> Result<()> {
+        use crate::domain::identity::ProfileKey;
+        let dir = tempdir();
+        let store = open(dir.path())?;
+        let now = Timestamp(1_000_000);
+        let (a, b) = (ProfileId::new_at(now), ProfileId::new_at(now));
+        Store::write(&store, &mut |tx| {
+            for id in [a, b] {
+                tx.put_profile(&ProfileRecord::new(id, now))?;
+                tx.put_preferences(id, &Preferences::default())?;
+                tx.put_summary(id, &Summary::default())?;
+            }
+            Ok(())
+        })?;
+        let key_of = |p: ProfileId| Raw::get(&store, TreeName::DataKeys, p.as_bytes());
+        assert!(key_of(a)?.is_some() && key_of(b)?.is_some());
+        Store::write(&store, &mut |tx| {
+            crate::domain::privacy::erase(tx, &ProfileKey::Id(a), now).map(|_| ())
+        })?;
+        assert!(key_of(a)?.is_none(), "the data key went with the records");
+        assert!(key_of(b)?.is_some(), "another profile keeps its key");
+        let (lo, hi) = prefix_bounds(a.as_bytes());
+        for t in TreeName::ALL {
+            if sealing(t) == Sealing::Profile {
+                let left = Raw::range(&store, t, &lo, hi.as_deref(), false, 10)?;
+                assert!(
+                    left.is_empty(),
+                    "{}: {} values of the erased profile",
+                    t.name(),
+                    left.len()
+                );
+            }
+        }
+        assert!(store.data_key(*a.as_bytes())?.is_none(), "nor is it cached");
+        // Writing for an erased profile in the erasing transaction is refused whole.
+        let refused = Store::write(&store, &mut |tx| {
+            crate::domain::privacy::erase(tx, &ProfileKey::Id(b), now)?;
+            tx.put_summary(b, &Summary::default())
+        });
+        assert!(refused.is_err());
+        assert!(
+            key_of(b)?.is_some(),
+            "nothing of the refused transaction was written"
+        );
+        store.close()?;
+        drop(store);
+        // After a restart the erased profile reads as erased, the other as it was.
+        let store = open(dir.path())?;
+        assert!(Raw::get(&store, TreeName::Profiles, &keys::profile(a))?.is_none());
+        assert!(Raw::get(&store, TreeName::Profiles, &keys::profile(b))?.is_some());
+        Ok(())
     }
 
     #[test]
