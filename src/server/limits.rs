@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -42,9 +42,17 @@ const ERROR_DOMAIN: &str = "customer-profile";
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
-    /// Unary calls in progress at once; beyond it calls are refused with RESOURCE_EXHAUSTED
-    /// (default 256 per CPU core).
+    /// Unary calls in progress at once, at most; beyond the current limit calls are refused
+    /// with RESOURCE_EXHAUSTED (default 256 per CPU core).
     pub max_in_flight: usize,
+    /// The adaptive limit's floor (default 4 per CPU core, at most `max_in_flight`). The limit
+    /// starts at `max_in_flight`; while it is reached and admitted calls wait longer than
+    /// `in_flight_wait_us` for a CPU it shrinks, otherwise it grows back. Set it equal to
+    /// `max_in_flight` for a fixed limit.
+    pub min_in_flight: usize,
+    /// The wait for a CPU, microseconds, that an admitted call should not exceed (judged on the
+    /// slowest tenth of the calls of each 50 ms).
+    pub in_flight_wait_us: u64,
     /// Open server streams (WatchChanges, ExportCustomer, Backup) at once.
     pub max_streams: usize,
     /// Cap on a call's duration, seconds; the caller's `grpc-timeout` applies when shorter.
@@ -87,6 +95,8 @@ impl Default for LimitsConfig {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         LimitsConfig {
             max_in_flight: 256 * cores,
+            min_in_flight: 4 * cores,
+            in_flight_wait_us: 500,
             max_streams: 256,
             max_request_secs: 60,
             max_message_bytes: 4 * 1024 * 1024,
@@ -108,6 +118,8 @@ impl LimitsConfig {
     ) -> Result<(), ConfigError> {
         let positive = [
             ("limits.max_in_flight", self.max_in_flight as u64),
+            ("limits.min_in_flight", self.min_in_flight as u64),
+            ("limits.in_flight_wait_us", self.in_flight_wait_us),
             ("limits.max_streams", self.max_streams as u64),
             ("limits.max_request_secs", self.max_request_secs),
             ("limits.max_message_bytes", self.max_message_bytes as u64),
@@ -314,6 +326,11 @@ async fn probe(shared: Weak<Shared>) {
             Ordering::Relaxed,
         );
         s.queue.lock().sample(waited, now);
+        if let Some(limit) = s.adaptive.tick(now) {
+            if let Some(m) = &s.metrics {
+                m.gauge("grpc_in_flight_limit", &[]).set(limit as f64);
+            }
+        }
         if let Some(m) = &s.metrics {
             m.gauge("runtime_queue_wait_seconds", &[])
                 .set(waited.as_secs_f64());
@@ -321,9 +338,120 @@ async fn probe(shared: Weak<Shared>) {
     }
 }
 
+/// How often the adaptive in-flight limit is judged.
+const LIMIT_WINDOW: Duration = Duration::from_millis(50);
+
+/// The limit on unary calls in progress, adapted to load (additive increase, multiplicative
+/// decrease on the wait for a CPU). Under a flood the excess waits in the sockets, where no
+/// per-call measure sees it; what the server can see is that the calls it lets in wait behind
+/// each other for the CPU. Keeping that wait short keeps the connections' tasks turning, so
+/// the excess is read and refused at once (refusing costs a small part of serving) instead of
+/// piling up unread.
+struct Adaptive {
+    min: usize,
+    max: usize,
+    target: Duration,
+    limit: AtomicUsize,
+    in_flight: AtomicUsize,
+    /// Counts of the current window: admitted calls that reached their work, those of them
+    /// that waited longer than `target` for it, calls the limit refused.
+    admitted: AtomicU64,
+    slow: AtomicU64,
+    refused: AtomicU64,
+    window_end: parking_lot::Mutex<Instant>,
+}
+
+/// The limit after a window: when the limit refused calls and more than a tenth of the
+/// admitted ones waited too long (the calls it lets in queue behind each other), a quarter
+/// less, or half when most waited too long (a flood arriving: the limit gets there in a few
+/// windows); an eighth more (at least one) when no more than a tenth waited too long. A slow
+/// window in which the limit refused nothing leaves it alone: the wait came from elsewhere (a
+/// stall, another process, a burst below the limit), and refusing more would not shorten it.
+fn next_limit(
+    limit: usize,
+    min: usize,
+    max: usize,
+    admitted: u64,
+    slow: u64,
+    refused: u64,
+) -> usize {
+    let too_slow = slow.saturating_mul(10) > admitted;
+    let next = if too_slow && refused > 0 {
+        if slow.saturating_mul(2) > admitted {
+            limit / 2
+        } else {
+            limit.saturating_mul(3) / 4
+        }
+    } else if too_slow {
+        limit
+    } else {
+        limit.saturating_add((limit / 8).max(1))
+    };
+    next.clamp(min, max)
+}
+
+impl Adaptive {
+    fn new(config: &LimitsConfig, now: Instant) -> Adaptive {
+        let max = config.max_in_flight;
+        Adaptive {
+            min: config.min_in_flight.min(max),
+            max,
+            target: Duration::from_micros(config.in_flight_wait_us),
+            limit: AtomicUsize::new(max),
+            in_flight: AtomicUsize::new(0),
+            admitted: AtomicU64::new(0),
+            slow: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            window_end: parking_lot::Mutex::new(now + LIMIT_WINDOW),
+        }
+    }
+
+    /// An admitted call waited `waited` for a CPU before its work.
+    fn waited(&self, waited: Duration) {
+        self.admitted.fetch_add(1, Ordering::Relaxed);
+        if waited > self.target {
+            self.slow.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Judges the window when it is over; returns the new limit then.
+    fn tick(&self, now: Instant) -> Option<usize> {
+        let mut end = self.window_end.lock();
+        if now < *end {
+            return None;
+        }
+        *end = now + LIMIT_WINDOW;
+        let limit = next_limit(
+            self.limit.load(Ordering::Relaxed),
+            self.min,
+            self.max,
+            self.admitted.swap(0, Ordering::Relaxed),
+            self.slow.swap(0, Ordering::Relaxed),
+            self.refused.swap(0, Ordering::Relaxed),
+        );
+        self.limit.store(limit, Ordering::Relaxed);
+        Some(limit)
+    }
+}
+
+/// A unary call's place in the in-flight count, given back when dropped.
+struct CallSlot(Arc<Shared>);
+
+impl Drop for CallSlot {
+    fn drop(&mut self) {
+        self.0.adaptive.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// What an admitted call holds while it runs.
+enum Slot {
+    Call(CallSlot),
+    Stream(OwnedSemaphorePermit),
+}
+
 /// State shared by every connection's copy of the layer.
 struct Shared {
-    in_flight: Arc<Semaphore>,
+    adaptive: Adaptive,
     streams: Arc<Semaphore>,
     /// Principal name → bucket; fixed at start (principals come from configuration), so
     /// callers cannot grow it.
@@ -367,7 +495,7 @@ impl LimitsLayer {
         }
         let layer = LimitsLayer {
             shared: Arc::new(Shared {
-                in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
+                adaptive: Adaptive::new(config, now),
                 streams: Arc::new(Semaphore::new(config.max_streams)),
                 buckets,
                 queue: parking_lot::Mutex::new(QueueClock::new(
@@ -380,7 +508,7 @@ impl LimitsLayer {
                     next_due: AtomicU64::new(u64::MAX),
                     last: AtomicU64::new(0),
                 },
-                refuse_in_flight: headers_of(in_flight_refusal(config.max_in_flight)),
+                refuse_in_flight: headers_of(in_flight_refusal(config)),
                 refuse_streams: headers_of(streams_refusal(config.max_streams)),
                 shed_in_flight: metrics
                     .as_ref()
@@ -477,30 +605,51 @@ impl Shared {
             )
         })
     }
-
-    fn admit(&self, path: &str) -> Result<OwnedSemaphorePermit, http::HeaderMap> {
-        if STREAMING_METHODS.contains(&path) {
-            self.streams.clone().try_acquire_owned().map_err(|_| {
-                self.shed("streams");
-                self.refuse_streams.clone()
-            })
-        } else {
-            self.in_flight.clone().try_acquire_owned().map_err(|_| {
-                match &self.shed_in_flight {
-                    Some(c) => c.increment(1),
-                    None => self.shed("in_flight"),
-                }
-                self.refuse_in_flight.clone()
-            })
-        }
-    }
 }
 
-fn in_flight_refusal(max_in_flight: usize) -> Status {
+/// A slot for a call on `path`: one of `max_streams` for a streaming method, else a place
+/// under the adaptive in-flight limit.
+fn admit(shared: &Arc<Shared>, path: &str) -> Result<Slot, http::HeaderMap> {
+    if STREAMING_METHODS.contains(&path) {
+        return shared
+            .streams
+            .clone()
+            .try_acquire_owned()
+            .map(Slot::Stream)
+            .map_err(|_| {
+                shared.shed("streams");
+                shared.refuse_streams.clone()
+            });
+    }
+    let a = &shared.adaptive;
+    if a.in_flight.fetch_add(1, Ordering::AcqRel) < a.limit.load(Ordering::Relaxed) {
+        return Ok(Slot::Call(CallSlot(shared.clone())));
+    }
+    a.in_flight.fetch_sub(1, Ordering::AcqRel);
+    a.refused.fetch_add(1, Ordering::Relaxed);
+    match &shared.shed_in_flight {
+        Some(c) => c.increment(1),
+        None => shared.shed("in_flight"),
+    }
+    Err(shared.refuse_in_flight.clone())
+}
+
+fn in_flight_refusal(config: &LimitsConfig) -> Status {
+    let (max, min) = (
+        config.max_in_flight,
+        config.min_in_flight.min(config.max_in_flight),
+    );
+    let how = if min == max {
+        format!("its limit of {max} calls in progress (limits.max_in_flight)")
+    } else {
+        format!(
+            "its limit of calls in progress (at most {max}, limits.max_in_flight; lowered towards {min}, limits.min_in_flight, while admitted calls wait longer than limits.in_flight_wait_us for a CPU)"
+        )
+    };
     exhausted(
         "OVERLOADED",
         format!(
-            "the server is at its limit of {max_in_flight} calls in progress (limits.max_in_flight) and refused this one without starting it; back off and retry later"
+            "the server is at {how} and refused this call without starting it; back off and retry later"
         ),
         SHED_RETRY_AFTER,
     )
@@ -543,31 +692,35 @@ where
             let fut = self.inner.call(req);
             return Box::pin(async move { Ok(fut.await?.map(PermitBody::without)) });
         }
-        let streaming = STREAMING_METHODS.contains(&path);
         let admitted = self
             .shared
             .rate_limit(req.extensions().get::<Arc<Principal>>())
             .and_then(|()| self.shared.queue_time())
             .map_err(headers_of)
-            .and_then(|()| self.shared.admit(path));
+            .and_then(|()| admit(&self.shared, path));
         match admitted {
-            Ok(permit) => {
+            Ok(slot) => {
                 let fut = self.inner.call(req);
+                let shared = self.shared.clone();
                 Box::pin(async move {
                     // Admission is decided when the call's task first runs; the work waits one
                     // turn of the run queue, so every call already queued behind this one is
                     // admitted or refused before any of the admitted work starts. Without it a
                     // flood queues as tasks the limits never see, and `max_in_flight` would
                     // count only the one call running: the queue would be unbounded.
+                    let queued = Instant::now();
                     tokio::task::yield_now().await;
+                    shared.adaptive.waited(queued.elapsed());
+                    drop(shared);
                     let resp = fut.await?;
                     // A unary call's work is done when its reply is ready; a stream's goes on
                     // until its body ends, so its slot travels with the body.
-                    Ok(if streaming {
-                        resp.map(|b| PermitBody::holding(b, permit))
-                    } else {
-                        drop(permit);
-                        resp.map(PermitBody::without)
+                    Ok(match slot {
+                        Slot::Stream(permit) => resp.map(|b| PermitBody::holding(b, permit)),
+                        Slot::Call(call) => {
+                            drop(call);
+                            resp.map(PermitBody::without)
+                        }
                     })
                 })
             }
@@ -690,6 +843,61 @@ mod tests {
         assert!(q.judge(ms(50), t0 + ms(400)).is_ok());
         q.sample(ms(20), t0 + ms(500));
         assert!(q.judge(ms(20), t0 + ms(500)).is_err());
+    }
+
+    #[test]
+    fn the_in_flight_limit_shrinks_only_when_reached_and_slow_and_grows_back() {
+        let (min, max) = (4, 256);
+        // A flood: every window refuses calls and most admitted calls waited too long.
+        let mut l = max;
+        let mut windows = 0;
+        while l > min {
+            l = next_limit(l, min, max, 100, 90, 500);
+            windows += 1;
+        }
+        assert_eq!(windows, 6, "256 → 4 by halves");
+        // Slow, but the limit refused nothing: not the limit's doing, left alone.
+        assert_eq!(next_limit(64, min, max, 100, 90, 0), 64);
+        // A tenth slow is fine; then it grows by an eighth, at least one.
+        assert_eq!(next_limit(64, min, max, 100, 10, 5), 72);
+        assert_eq!(next_limit(4, min, max, 100, 0, 5), 5);
+        // A few slow but not most: a quarter less.
+        assert_eq!(next_limit(64, min, max, 100, 20, 5), 48);
+        // Idle windows (nothing admitted) grow it back to the maximum and no further.
+        let mut l = min;
+        for _ in 0..40 {
+            l = next_limit(l, min, max, 0, 0, 0);
+        }
+        assert_eq!(l, max);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_in_flight_limit_stays_within_its_bounds_and_moves_the_right_way(
+            min in 1usize..64,
+            span in 0usize..1024,
+            start in 0usize..2048,
+            windows in proptest::collection::vec((0u64..1000, 0u64..1000, 0u64..100), 1..50),
+        ) {
+            let max = min + span;
+            let mut l = start.clamp(min, max);
+            for (admitted, slow, refused) in windows {
+                let slow = slow.min(admitted);
+                let next = next_limit(l, min, max, admitted, slow, refused);
+                proptest::prop_assert!((min..=max).contains(&next));
+                let too_slow = slow * 10 > admitted;
+                if too_slow && refused > 0 {
+                    proptest::prop_assert!(next <= l);
+                    proptest::prop_assert!(next >= (l / 2).max(min));
+                } else if too_slow {
+                    proptest::prop_assert_eq!(next, l);
+                } else {
+                    proptest::prop_assert!(next >= l);
+                    proptest::prop_assert!(next == max || next > l);
+                }
+                l = next;
+            }
+        }
     }
 
     #[test]

@@ -254,6 +254,63 @@ async fn a_burst_of_quick_reads_beyond_max_in_flight_is_refused_not_queued() {
     server.stop().await;
 }
 
+/// The in-flight limit follows the load: bursts that reach it while the admitted calls wait
+/// for a CPU longer than `in_flight_wait_us` shrink it towards `min_in_flight` (the gauge
+/// `grpc_in_flight_limit` says where it is; refusals name the keys), and once the bursts stop
+/// it grows back to `max_in_flight`.
+#[tokio::test]
+async fn the_in_flight_limit_shrinks_under_bursts_that_wait_and_grows_back_after() {
+    let server = Server::start(|c| {
+        c.limits.max_in_flight = 64;
+        c.limits.min_in_flight = 2;
+        // Every admitted call waits longer than this: a burst that reaches the limit shrinks it.
+        c.limits.in_flight_wait_us = 1;
+    })
+    .await;
+    let limit = |text: &str| sample(text, "grpc_in_flight_limit");
+    let mut lowest = f64::MAX;
+    let mut refused = 0;
+    // Bounded: each round is a burst of 300 lookups, then a look at the gauge.
+    for round in 0..100 {
+        let calls = (0..300).map(|i| {
+            let mut identity = server.identity();
+            async move {
+                identity
+                    .lookup_profile_ids(lookup_req(&format!("adapt{round}-{i}@example.com")))
+                    .await
+            }
+        });
+        for r in futures::future::join_all(calls).await {
+            if let Err(s) = r {
+                assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
+                assert!(
+                    s.message().contains("limits.min_in_flight")
+                        && s.message().contains("limits.in_flight_wait_us"),
+                    "{s:?}"
+                );
+                refused += 1;
+            }
+        }
+        lowest = lowest.min(limit(&server.scrape().await));
+        if lowest <= 8.0 {
+            break;
+        }
+    }
+    assert!(refused > 0, "no call was refused");
+    assert!(lowest <= 8.0, "the limit stayed at {lowest} (max 64)");
+    // Idle: each 50 ms window grows it by an eighth, back to the maximum in about two seconds.
+    let mut now = lowest;
+    for _ in 0..200 {
+        now = limit(&server.scrape().await);
+        if now == 64.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(now, 64.0, "the limit did not grow back");
+    server.stop().await;
+}
+
 fn principal(name: &str, token_hash: String) -> PrincipalConfig {
     PrincipalConfig {
         name: name.into(),
