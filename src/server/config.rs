@@ -326,6 +326,10 @@ pub struct StorageConfig {
     /// Writes are refused (UNAVAILABLE) while the data directory's volume has less free space
     /// than this, MiB; 0 disables the guard.
     pub min_free_mb: u64,
+    /// While writers are concurrent, the group commit waits this long before each flush so
+    /// that one flush makes more writes durable, microseconds; 0 disables. A lone writer is
+    /// never delayed.
+    pub group_commit_delay_us: u64,
 }
 
 impl Default for StorageConfig {
@@ -333,6 +337,7 @@ impl Default for StorageConfig {
         StorageConfig {
             cache_capacity_mb: 256,
             min_free_mb: 64,
+            group_commit_delay_us: 1000,
         }
     }
 }
@@ -547,6 +552,11 @@ impl Config {
         if self.storage.cache_capacity_mb == 0 {
             return Err(ConfigError(
                 "storage.cache_capacity_mb must be above 0".into(),
+            ));
+        }
+        if self.storage.group_commit_delay_us > 100_000 {
+            return Err(ConfigError(
+                "storage.group_commit_delay_us must be at most 100000 (100 ms): every concurrent write waits up to that long".into(),
             ));
         }
         self.identity_policy()?;

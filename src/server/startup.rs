@@ -91,6 +91,7 @@ impl Application {
             })
             .with_context(|| format!("opening the data directory {}", config.data_dir.display()))?,
         );
+        store.set_group_commit_delay(Duration::from_micros(config.storage.group_commit_delay_us));
         let audit = Arc::new(
             AuditLog::open(&config.data_dir, clock.clone()).with_context(|| {
                 format!("opening the audit log in {}", config.data_dir.display())

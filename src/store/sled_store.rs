@@ -360,6 +360,11 @@ impl SledStore {
         self.group.fail(reason);
     }
 
+    /// Commit delay under concurrent writers (`storage.group_commit_delay_us`; 0 disables).
+    pub fn set_group_commit_delay(&self, delay: std::time::Duration) {
+        self.group.set_delay(delay);
+    }
+
     /// Refuse writes (UNAVAILABLE) while the data directory's volume has less than `mb` MiB
     /// free (`storage.min_free_mb`; 0 disables). Takes effect on the next write.
     pub fn set_min_free_mb(&self, mb: u64) {
@@ -1598,6 +1603,46 @@ mod tests {
 
     fn tempdir() -> tempfile::TempDir {
         tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// With a commit delay, concurrent writers share flushes; every write is still made
+    /// durable before its acknowledgement, and a lone writer's write is flushed too.
+    #[test]
+    fn a_commit_delay_makes_concurrent_writes_share_flushes() -> Result<()> {
+        let dir = tempdir();
+        let store = std::sync::Arc::new(open(dir.path())?);
+        store.set_group_commit_delay(std::time::Duration::from_millis(20));
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Unavailable(e.to_string()))?;
+        let now = Timestamp(1_000_000);
+        let write_one = |store: std::sync::Arc<SledStore>| async move {
+            let ticket = Store::write(&*store, &mut |tx| {
+                tx.put_profile(&ProfileRecord::new(ProfileId::new_at(now), now))
+            })?;
+            store.durable(ticket).await
+        };
+        rt.block_on(write_one(store.clone()))?;
+        let before = store.flushes();
+        let writes = 200;
+        rt.block_on(async {
+            let tasks: Vec<_> = (0..writes)
+                .map(|_| tokio::spawn(write_one(store.clone())))
+                .collect();
+            for t in tasks {
+                t.await.map_err(|e| Error::Unavailable(e.to_string()))??;
+            }
+            Ok::<(), Error>(())
+        })?;
+        let flushes = store.flushes() - before;
+        assert!(
+            flushes * 4 <= writes,
+            "{writes} concurrent writes took {flushes} flushes"
+        );
+        rt.block_on(write_one(store.clone()))?;
+        Ok(())
     }
 
     #[test]
