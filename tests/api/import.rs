@@ -319,3 +319,69 @@ async fn the_binary_imports_and_says_where_the_rejects_are() {
     app.restart().await;
     assert!(app.owner(email("c1@example.com")).await.is_some());
 }
+
+/// SIGKILL during an import (the binary, killed at seeded random moments, then run again to the
+/// end) loses no committed batch and commits none twice: every customer is there once with
+/// each of its interactions once, and every profile reads back (its data key committed with
+/// it). `IMPORT_KILL_SEED` picks other moments.
+#[tokio::test]
+async fn an_import_killed_at_random_moments_resumes_and_imports_each_line_once() {
+    let mut app = TestApp::spawn().await;
+    app.stop().await;
+    let files = tempfile::tempdir().expect("temporary directory");
+    let input = files.path().join("killed.ndjson");
+    let n = 1200;
+    write_lines(&input, &(0..n).map(customer).collect::<Vec<_>>());
+    let mut seed: u64 = std::env::var("IMPORT_KILL_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20261129);
+    let import = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_customer-profile"))
+            .args(["import", "--no-progress", "--batch", "40", "--data-dir"])
+            .arg(app.data_dir())
+            .arg(&input)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run the binary")
+    };
+    let mut kills = 0;
+    for _ in 0..4 {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let wait = std::time::Duration::from_millis(20 + (seed >> 33) % 300);
+        let mut child = import();
+        tokio::time::sleep(wait).await;
+        if child.try_wait().expect("poll the importer").is_some() {
+            break;
+        }
+        child.kill().expect("SIGKILL the importer");
+        child.wait().expect("reap the importer");
+        kills += 1;
+    }
+    assert!(
+        kills > 0,
+        "the importer finished before the first kill: kill sooner"
+    );
+    let last = import().wait_with_output().expect("run the binary");
+    let stdout = String::from_utf8_lossy(&last.stdout);
+    assert!(last.status.success(), "{stdout}");
+    eprintln!("import killed {kills} times; the last run said: {stdout}");
+    assert!(
+        stdout.contains(&format!("lines {n}, imported {n}, rejected 0")),
+        "after {kills} kills: {stdout}"
+    );
+    app.restart().await;
+    for i in 0..n {
+        let ident = email(&format!("c{i}@example.com"));
+        let listed = app
+            .list_all(list_request(by_ident(ident.clone()), 50))
+            .await;
+        assert_eq!(listed.len(), 2, "customer {i} after {kills} kills");
+        let p = app.get(by_ident(ident)).await;
+        assert_eq!(p.summary.expect("summary").interaction_count, 2);
+    }
+    app.stop().await;
+}
