@@ -32,6 +32,7 @@ struct Server {
     store: Arc<SledStore>,
     channel: GrpcChannel,
     metrics: std::net::SocketAddr,
+    addr: std::net::SocketAddr,
     running: Option<RunningServer>,
     _dir: tempfile::TempDir,
 }
@@ -57,6 +58,7 @@ impl Server {
         let store = app.store();
         let running = app.spawn();
         let metrics = running.metrics_addr().expect("metrics enabled");
+        let addr = running.local_addr();
         let channel = Endpoint::from_shared(format!("http://{}", running.local_addr()))
             .expect("endpoint")
             .connect()
@@ -66,6 +68,7 @@ impl Server {
             store,
             channel,
             metrics,
+            addr,
             running: Some(running),
             _dir: dir,
         }
@@ -308,6 +311,74 @@ async fn the_in_flight_limit_shrinks_under_bursts_that_wait_and_grows_back_after
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(now, 64.0, "the limit did not grow back");
+    server.stop().await;
+}
+
+/// A refusal does not answer before the client has sent its whole request: answering first
+/// ends the HTTP/2 stream with RST_STREAM, and a client drops its connection (with every call
+/// on it) after 1,024 of those, which a flood of refusals reaches in seconds. A raw HTTP/2
+/// client sends a refused call's headers, then its message a little later: the message is
+/// still accepted (the stream was not reset) and the answer is the refusal.
+#[tokio::test]
+async fn a_refused_call_is_answered_after_its_request_and_its_stream_is_not_reset() {
+    let server = Server::start(|c| {
+        // One call, then nothing for hours: the next call is refused by the rate limit.
+        c.limits.rate_limits.insert(
+            "local".into(),
+            RateLimit {
+                per_second: 0.0001,
+                burst: 1,
+            },
+        );
+    })
+    .await;
+    server
+        .identity()
+        .lookup_profile_ids(lookup_req("first@example.com"))
+        .await
+        .expect("the burst allows one call");
+    let tcp = tokio::net::TcpStream::connect(server.addr)
+        .await
+        .expect("connect");
+    let (client, connection) = h2::client::handshake(tcp).await.expect("HTTP/2");
+    tokio::spawn(connection);
+    let mut client = client.ready().await.expect("ready");
+    let request = http::Request::builder()
+        .method("POST")
+        .uri(format!(
+            "http://{}/customer_profile.v1.IdentityService/LookupProfileIds",
+            server.addr
+        ))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .expect("request");
+    let (response, mut body) = client.send_request(request, false).expect("send headers");
+    // The message follows the headers a moment later, as under load it often does.
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let message = prost::Message::encode_to_vec(&lookup_req("second@example.com"));
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&message);
+    body.send_data(frame.into(), true)
+        .expect("the stream is still open: the refusal waited for the request");
+    let response = response.await.expect("response");
+    assert_eq!(
+        response.headers().get("grpc-status").map(|v| v.as_bytes()),
+        Some(&b"8"[..]),
+        "RESOURCE_EXHAUSTED: {:?}",
+        response.headers()
+    );
+    // Nothing reset the stream: the server read the whole request before answering.
+    let reset = std::future::poll_fn(|cx| match body.poll_reset(cx) {
+        std::task::Poll::Pending => std::task::Poll::Ready(None),
+        std::task::Poll::Ready(r) => std::task::Poll::Ready(Some(r)),
+    })
+    .await;
+    assert!(
+        !matches!(reset, Some(Ok(_))),
+        "the server reset the stream: {reset:?}"
+    );
     server.stop().await;
 }
 
