@@ -23,6 +23,7 @@ ENV CARGO_TERM_COLOR=never
 # Cargo.lock, build.rs or the protos change. protoc is vendored by the build dependency
 # protoc-bin-vendored, so nothing is installed from apt.
 COPY Cargo.toml Cargo.lock build.rs ./
+COPY .cargo ./.cargo
 COPY proto ./proto
 RUN mkdir src \
  && echo 'fn main() {}' > src/main.rs \
