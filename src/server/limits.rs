@@ -493,9 +493,11 @@ impl LimitsLayer {
                 );
             }
         }
+        let adaptive = Adaptive::new(config, now);
+        let refuse_in_flight = headers_of(in_flight_refusal(&adaptive));
         let layer = LimitsLayer {
             shared: Arc::new(Shared {
-                adaptive: Adaptive::new(config, now),
+                adaptive,
                 streams: Arc::new(Semaphore::new(config.max_streams)),
                 buckets,
                 queue: parking_lot::Mutex::new(QueueClock::new(
@@ -508,7 +510,7 @@ impl LimitsLayer {
                     next_due: AtomicU64::new(u64::MAX),
                     last: AtomicU64::new(0),
                 },
-                refuse_in_flight: headers_of(in_flight_refusal(config)),
+                refuse_in_flight,
                 refuse_streams: headers_of(streams_refusal(config.max_streams)),
                 shed_in_flight: metrics
                     .as_ref()
@@ -634,11 +636,8 @@ fn admit(shared: &Arc<Shared>, path: &str) -> Result<Slot, http::HeaderMap> {
     Err(shared.refuse_in_flight.clone())
 }
 
-fn in_flight_refusal(config: &LimitsConfig) -> Status {
-    let (max, min) = (
-        config.max_in_flight,
-        config.min_in_flight.min(config.max_in_flight),
-    );
+fn in_flight_refusal(limit: &Adaptive) -> Status {
+    let (max, min) = (limit.max, limit.min);
     let how = if min == max {
         format!("its limit of {max} calls in progress (limits.max_in_flight)")
     } else {

@@ -82,6 +82,20 @@ impl Server {
         ProfileServiceClient::new(self.channel.clone())
     }
 
+    /// `n` lookups sent at once (of `tag-i@example.com`), their outcomes.
+    async fn burst(
+        &self,
+        tag: &str,
+        n: usize,
+    ) -> Vec<Result<tonic::Response<pb::LookupProfileIdsResponse>, tonic::Status>> {
+        let calls = (0..n).map(|i| {
+            let mut identity = self.identity();
+            let req = lookup_req(&format!("{tag}-{i}@example.com"));
+            async move { identity.lookup_profile_ids(req).await }
+        });
+        futures::future::join_all(calls).await
+    }
+
     fn interactions(&self) -> InteractionServiceClient<GrpcChannel> {
         InteractionServiceClient::new(self.channel.clone())
     }
@@ -227,15 +241,7 @@ async fn a_burst_of_quick_reads_beyond_max_in_flight_is_refused_not_queued() {
     let mut served = 0;
     // Bounded: a few bursts are plenty; the first usually shows it.
     for round in 0..20 {
-        let calls = (0..200).map(|i| {
-            let mut identity = server.identity();
-            async move {
-                identity
-                    .lookup_profile_ids(lookup_req(&format!("burst{round}-{i}@example.com")))
-                    .await
-            }
-        });
-        for r in futures::future::join_all(calls).await {
+        for r in server.burst(&format!("burst{round}"), 200).await {
             match r {
                 Ok(_) => served += 1,
                 Err(s) => {
@@ -275,15 +281,7 @@ async fn the_in_flight_limit_shrinks_under_bursts_that_wait_and_grows_back_after
     let mut refused = 0;
     // Bounded: each round is a burst of 300 lookups, then a look at the gauge.
     for round in 0..100 {
-        let calls = (0..300).map(|i| {
-            let mut identity = server.identity();
-            async move {
-                identity
-                    .lookup_profile_ids(lookup_req(&format!("adapt{round}-{i}@example.com")))
-                    .await
-            }
-        });
-        for r in futures::future::join_all(calls).await {
+        for r in server.burst(&format!("adapt{round}"), 300).await {
             if let Err(s) = r {
                 assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
                 assert!(
