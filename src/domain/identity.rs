@@ -286,8 +286,14 @@ pub fn decide(
         0 => Plan::NoMatch,
         1 => {
             let root = cands.remove(0).root;
-            let mut held = held_by(view, &root)?;
-            let (link, conflicts) = admit(policy, &mut held, unowned);
+            // A pure lookup (every identifier already held) admits nothing: reading the
+            // tree's identifiers would be wasted, and it is most of a lookup's cost.
+            let (link, conflicts) = if unowned.is_empty() {
+                (Vec::new(), Vec::new())
+            } else {
+                let mut held = held_by(view, &root)?;
+                admit(policy, &mut held, unowned)
+            };
             Plan::Existing {
                 root,
                 link,
