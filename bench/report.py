@@ -133,7 +133,7 @@ def render(work, out):
     L.append("")
     for k in ["date", "commit", "command", "nproc", "cpu", "ram_mib", "kernel", "pinning", "data_path",
               "profiles", "small_profiles", "identifiers_full", "identifiers_small", "duration_s",
-              "warmup_s", "concurrency", "build_profile", "reply_bytes", "open_rate_get", "open_rate_resolve"]:
+              "warmup_s", "concurrency", "open_loop_connections", "build_profile", "reply_bytes", "open_rate_get", "open_rate_resolve"]:
         if k in facts:
             L.append(f"- **{k}**: {fmt(facts[k], 1) if isinstance(facts[k], float) else facts[k]}")
     L.append("")

@@ -3,5 +3,6 @@
 pub mod config;
 pub mod limits;
 pub mod metrics;
+pub mod runtime;
 pub mod startup;
 pub mod telemetry;

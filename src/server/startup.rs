@@ -255,7 +255,7 @@ impl Application {
         };
         let grace = Duration::from_secs(config.shutdown.grace_secs);
         let mut stopping = core.shutdown.clone();
-        tracing::info!(%addr, data_dir = %config.data_dir.display(), "serving gRPC");
+        tracing::info!(%addr, data_dir = %config.data_dir.display(), lifo_slot_disabled = super::runtime::LIFO_SLOT_DISABLED, "serving gRPC");
         // The tower stack: every request passes here.
         let mut builder = Server::builder();
         if let Some(tls) = &config.tls {

@@ -220,10 +220,7 @@ async fn probe(target: &str, ids: &std::path::Path, sample: usize) -> anyhow::Re
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match customer_profile::server::runtime::build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("loadgen: cannot start the async runtime: {e}");
