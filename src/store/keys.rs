@@ -58,9 +58,6 @@ pub enum TreeName {
     Idempotency,
     /// Creation time → idempotency key, for expiry.
     IdempotencyExpiry,
-    /// UUID mentioned in a stored response ++ idempotency key → nothing: what erasure
-    /// purges, found without reading every stored response.
-    IdempotencyMentions,
     /// Sequence → change event.
     Changes,
     /// Profile → consent records in write order.
@@ -81,6 +78,9 @@ pub enum TreeName {
     Erased,
     /// Profile → its data key, wrapped under the master key.
     DataKeys,
+    /// UUID mentioned in a stored response ++ idempotency key → nothing: what erasure
+    /// purges, found without reading every stored response.
+    IdempotencyMentions,
 }
 
 impl TreeName {
@@ -136,11 +136,49 @@ impl TreeName {
         }
     }
 
-    /// Position in [`TreeName::ALL`].
+    /// Position in [`TreeName::ALL`]: the store opens its sled trees in that order and reaches
+    /// each by this index, so the declaration order above must be the order of `ALL` (a unit
+    /// test checks it).
     pub fn index(self) -> usize {
         self as usize
     }
 }
+
+/// The order of the trees' indices in builds from e69ea4f up to the fix of the layout: there
+/// `IdempotencyMentions` was declared after `IdempotencyExpiry` but opened last, so the index
+/// of each tree from `IdempotencyMentions` on reached the sled tree named after the one
+/// before it in [`TreeName::ALL`] (data keys were kept in the sled tree
+/// `idempotency_mentions`, change events in `consents`, ...). Backups of those builds tag
+/// records with these positions. `store::layout` moves such directories' contents to the
+/// trees their names say.
+pub const SHIFTED_ORDER: [TreeName; 21] = [
+    TreeName::Meta,
+    TreeName::Profiles,
+    TreeName::IdentifierToProfile,
+    TreeName::ProfileIdentifiers,
+    TreeName::Merges,
+    TreeName::ProfileMerges,
+    TreeName::AttributeHistory,
+    TreeName::ProfileInteractions,
+    TreeName::Idempotency,
+    TreeName::IdempotencyExpiry,
+    TreeName::IdempotencyMentions,
+    TreeName::Changes,
+    TreeName::Consents,
+    TreeName::Preferences,
+    TreeName::Summaries,
+    TreeName::SentMessages,
+    TreeName::SegmentTerms,
+    TreeName::SegmentIndex,
+    TreeName::InteractionIndex,
+    TreeName::Erased,
+    TreeName::DataKeys,
+];
+
+/// Meta key: which layout the sled trees have (absent: not yet checked at open).
+pub const META_TREE_LAYOUT: &[u8] = b"tree_layout";
+/// Meta key: a layout migration copied every moved tree aside and is putting them back.
+pub const META_LAYOUT_MIGRATION: &[u8] = b"tree_layout_migration";
 
 /// Meta key: set once every stored idempotent response is in `IdempotencyMentions` (data
 /// directories written before that tree existed are indexed once, at open).

@@ -7,6 +7,7 @@ mod dir_sync;
 pub use dir_sync::{sync_dir, write_durably};
 mod group_commit;
 pub mod keys;
+mod layout;
 mod mark;
 mod sled_store;
 mod space;

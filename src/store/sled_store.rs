@@ -134,7 +134,7 @@ fn profile_prefix(key: &[u8]) -> Result<[u8; 16]> {
         .ok_or_else(|| Error::Corrupt("a profile key is shorter than a profile id".into()))
 }
 
-fn sled_err(e: sled::Error) -> Error {
+pub(super) fn sled_err(e: sled::Error) -> Error {
     match e {
         sled::Error::Corruption { .. } => Error::Corrupt(e.to_string()),
         other => Error::Unavailable(other.to_string()),
@@ -238,6 +238,8 @@ impl SledStore {
         // Before anything is written: a store that lost durable data is refused as it is.
         mark::check(&opts.path, read_u64(keys::META_LAST_CHANGE_SEQ)?)?;
         check_schema(meta, &trees[TreeName::Profiles.index()])?;
+        // Every tree in the sled tree of its name (directories of builds that shifted some).
+        super::layout::ensure(&db, &trees, &opts.path)?;
         let crypto = Crypto::new(&opts.master_key);
         match meta.get(keys::META_MASTER_KEY_CHECK).map_err(sled_err)? {
             None => {
@@ -488,8 +490,11 @@ impl SledStore {
     }
 }
 
-/// First bytes of a backup file.
-const BACKUP_MAGIC: &[u8; 9] = b"CPBACKUP1";
+/// First bytes of a backup file: format 2 tags each record with its tree's position in
+/// [`TreeName::ALL`].
+const BACKUP_MAGIC: &[u8; 9] = b"CPBACKUP2";
+/// Format 1: tags whose meaning depends on the build (see `layout::v1_tree_map`).
+const BACKUP_MAGIC_V1: &[u8; 9] = b"CPBACKUP1";
 /// Ends the records of a backup file.
 const BACKUP_END: u8 = 0xFF;
 
@@ -538,9 +543,12 @@ impl SledStore {
         let bytes = std::fs::read(file)
             .map_err(|e| Error::Unavailable(format!("cannot read {}: {e}", file.display())))?;
         let bad = |why: &str| Error::Corrupt(format!("backup {}: {why}", file.display()));
-        if bytes.len() < BACKUP_MAGIC.len() + 1 + 8 + 32 || !bytes.starts_with(BACKUP_MAGIC) {
+        if bytes.len() < BACKUP_MAGIC.len() + 1 + 8 + 32
+            || !(bytes.starts_with(BACKUP_MAGIC) || bytes.starts_with(BACKUP_MAGIC_V1))
+        {
             return Err(bad("not a customer-profile backup"));
         }
+        let v1 = bytes.starts_with(BACKUP_MAGIC_V1);
         let (body, digest) = bytes.split_at(bytes.len() - 32);
         if Sha256::digest(body).as_slice() != digest {
             return Err(bad("checksum mismatch: the file is damaged or incomplete"));
@@ -593,8 +601,16 @@ impl SledStore {
             .iter()
             .map(|t| db.open_tree(t.name()).map_err(sled_err))
             .collect::<Result<Vec<_>>>()?;
+        let tree_of = if v1 {
+            let tags: Vec<(usize, usize)> = records.iter().map(|(t, k, _)| (*t, k.len())).collect();
+            super::layout::v1_tree_map(&tags)
+        } else {
+            TreeName::ALL
+        };
         for (t, k, v) in &records {
-            trees[*t].insert(*k, *v).map_err(sled_err)?;
+            trees[tree_of[*t].index()]
+                .insert(*k, *v)
+                .map_err(sled_err)?;
         }
         db.flush().map_err(sled_err)?;
         File::open(dir.join("db"))
@@ -1796,6 +1812,184 @@ mod tests {
         assert_eq!((event.sequence, event.profile), (1, a));
         let w = store.writer.lock();
         assert_eq!((w.last_change_seq, w.last_write_seq), (1, 0));
+        Ok(())
+    }
+
+    /// Every tree's entries, as the store reads them.
+    fn contents(store: &SledStore) -> Result<Vec<Entries>> {
+        TreeName::ALL
+            .iter()
+            .map(|t| Raw::range(store, *t, &[], None, false, usize::MAX))
+            .collect()
+    }
+
+    /// A store with profiles, consents, change events, an erasure and an idempotent
+    /// response: something in every tree the shifted indices moved.
+    fn filled(dir: &std::path::Path) -> Result<Vec<Entries>> {
+        use crate::domain::identity::ProfileKey;
+        use crate::domain::profile::ChangeKind;
+        let store = open(dir)?;
+        let now = Timestamp(1_000_000);
+        let ids: Vec<ProfileId> = (0..5).map(|_| ProfileId::new_at(now)).collect();
+        Store::write(&store, &mut |tx| {
+            for id in &ids {
+                tx.put_profile(&ProfileRecord::new(*id, now))?;
+                tx.put_preferences(*id, &Preferences::default())?;
+                tx.put_summary(*id, &Summary::default())?;
+                tx.emit(
+                    NewChange {
+                        kind: ChangeKind::ProfileCreated,
+                        profile: *id,
+                        version: 1,
+                        paths: vec![],
+                        related: vec![],
+                    },
+                    now,
+                )?;
+            }
+            Ok(())
+        })?;
+        Store::write(&store, &mut |tx| {
+            crate::domain::privacy::erase(tx, &ProfileKey::Id(ids[0]), now).map(|_| ())
+        })?;
+        let before = contents(&store)?;
+        assert!(
+            [TreeName::Changes, TreeName::DataKeys, TreeName::Erased]
+                .iter()
+                .all(|t| !before[t.index()].is_empty()),
+            "the fixture fills the trees the layout check looks at"
+        );
+        store.close()?;
+        Ok(before)
+    }
+
+    /// Rewrites a directory as builds e69ea4f..the layout fix kept it: each moved tree's
+    /// entries in the sled tree of its neighbour, no layout mark.
+    fn shift(dir: &std::path::Path) -> Result<sled::Db> {
+        let db = open_raw(dir)?;
+        let mut moved: Vec<(TreeName, Vec<(sled::IVec, sled::IVec)>)> = Vec::new();
+        for t in super::super::layout::moved() {
+            let tree = db.open_tree(t.name()).map_err(sled_err)?;
+            let entries = tree
+                .iter()
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(sled_err)?;
+            tree.clear().map_err(sled_err)?;
+            moved.push((t, entries));
+        }
+        for (t, entries) in moved {
+            let home = db
+                .open_tree(super::super::layout::shifted_home(t).name())
+                .map_err(sled_err)?;
+            for (k, v) in entries {
+                home.insert(k, v).map_err(sled_err)?;
+            }
+        }
+        db.open_tree(TreeName::Meta.name())
+            .and_then(|m| m.remove(keys::META_TREE_LAYOUT))
+            .map_err(sled_err)?;
+        db.flush().map_err(sled_err)?;
+        Ok(db)
+    }
+
+    /// sled itself on a directory the store closed (its lock is let go a moment later).
+    fn open_raw(dir: &std::path::Path) -> Result<sled::Db> {
+        for _ in 0..250 {
+            match sled::Config::new().path(dir).open() {
+                Ok(db) => return Ok(db),
+                Err(sled::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => return Err(sled_err(e)),
+            }
+        }
+        Err(Error::Unavailable("the directory stayed locked".into()))
+    }
+
+    #[test]
+    fn a_directory_with_the_shifted_tree_layout_is_moved_and_reads_as_before() -> Result<()> {
+        let dir = tempdir();
+        let before = filled(dir.path())?;
+        drop(shift(dir.path())?);
+        let store = open(dir.path())?;
+        assert_eq!(contents(&store)?, before);
+        // sled's names now say what the trees hold, and no copy is left.
+        let names = store.db.tree_names();
+        assert!(
+            !names.iter().any(|n| n.starts_with(b"layout_migration_")),
+            "copies left"
+        );
+        {
+            let raw_changes = store.db.open_tree("changes").map_err(sled_err)?;
+            assert!(
+                raw_changes
+                    .iter()
+                    .keys()
+                    .all(|k| k.map(|k| k.len() == 8).unwrap_or(false))
+            );
+        }
+        store.close()?;
+        drop(store);
+        // Once marked, a directory is not looked at again and still reads the same.
+        let store = open(dir.path())?;
+        assert_eq!(contents(&store)?, before);
+        Ok(())
+    }
+
+    #[test]
+    fn a_layout_migration_cut_short_after_its_copies_is_finished_at_the_next_open() -> Result<()> {
+        let dir = tempdir();
+        let before = filled(dir.path())?;
+        let db = shift(dir.path())?;
+        // The state of a crash in the second step: complete copies and their mark, some
+        // trees already refilled, one cleared, the rest still shifted.
+        for t in super::super::layout::moved() {
+            let home = db
+                .open_tree(super::super::layout::shifted_home(t).name())
+                .map_err(sled_err)?;
+            let tmp = db
+                .open_tree(super::super::layout::tmp_name(t))
+                .map_err(sled_err)?;
+            for kv in home.iter() {
+                let (k, v) = kv.map_err(sled_err)?;
+                tmp.insert(k, v).map_err(sled_err)?;
+            }
+        }
+        let meta = db.open_tree(TreeName::Meta.name()).map_err(sled_err)?;
+        meta.insert(keys::META_LAYOUT_MIGRATION, &[1u8])
+            .map_err(sled_err)?;
+        db.open_tree(TreeName::Changes.name())
+            .and_then(|t| t.clear())
+            .map_err(sled_err)?;
+        db.flush().map_err(sled_err)?;
+        drop((meta, db));
+        let store = open(dir.path())?;
+        assert_eq!(contents(&store)?, before);
+        Ok(())
+    }
+
+    #[test]
+    fn a_directory_with_records_of_both_layouts_is_refused_with_what_to_do() -> Result<()> {
+        let dir = tempdir();
+        filled(dir.path())?;
+        let db = open_raw(dir.path())?;
+        // A change event where the shifted indices kept them, beside the named ones.
+        db.open_tree(TreeName::Consents.name())
+            .and_then(|t| t.insert(9u64.to_be_bytes(), &[1u8][..]))
+            .map_err(sled_err)?;
+        db.open_tree(TreeName::Meta.name())
+            .and_then(|m| m.remove(keys::META_TREE_LAYOUT))
+            .map_err(sled_err)?;
+        db.flush().map_err(sled_err)?;
+        drop(db);
+        let err = open(dir.path())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("two tree layouts") && err.contains("restore a backup"),
+            "{err}"
+        );
         Ok(())
     }
 

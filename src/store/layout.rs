@@ -1,0 +1,256 @@
+//! Which sled tree holds which of ours, checked once per data directory at open.
+//!
+//! Builds from e69ea4f up to this module reached some trees through the wrong index (see
+//! [`keys::SHIFTED_ORDER`]): every tree from `IdempotencyMentions` on was kept in the sled tree
+//! named after its neighbour. Such a directory was consistent with itself, but a directory
+//! written before e69ea4f and then opened by one of those builds answered DATA_LOSS ("no data
+//! key for its profile"), and sled's names did not say what the trees held.
+//!
+//! At open a directory without a layout mark is classified by where two kinds of record lie
+//! that no other tree has: change events (8-byte keys) and wrapped data keys (16-byte keys
+//! with a long value). Named layout: it is marked and nothing moves. Shifted layout: each
+//! moved tree is copied aside, a mark says so (durably), then each tree is refilled from its
+//! copy and the layout is marked; a crash in the first step repeats it from the untouched
+//! trees, a crash in the second repeats the second from the copies. A directory with both
+//! layouts' records (an older directory written to by a shifted build) cannot be told apart
+//! record by record: it is refused with what to do.
+
+use std::path::Path;
+
+use super::codec::decode_u64;
+use super::keys::{self, SHIFTED_ORDER, TreeName};
+use super::sled_store::sled_err;
+use crate::error::{Error, Result};
+
+/// The layout this build reads and writes: every tree in the sled tree of its own name.
+pub const TREE_LAYOUT: u64 = 2;
+
+/// Entries per sled batch while copying a tree.
+const COPY_BATCH: usize = 10_000;
+
+/// What a directory's trees look like.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Found {
+    /// Every tree in the sled tree of its name (or nothing that tells: an empty directory).
+    Named,
+    /// Written by a build with the shifted indices.
+    Shifted,
+    /// Records of both layouts.
+    Mixed,
+}
+
+/// The sled tree `t`'s records are in under the shifted indices.
+pub(super) fn shifted_home(t: TreeName) -> TreeName {
+    let pos = SHIFTED_ORDER
+        .iter()
+        .position(|s| *s == t)
+        .unwrap_or(t.index());
+    TreeName::ALL[pos]
+}
+
+/// The trees that the shifted indices put somewhere else.
+pub(super) fn moved() -> impl Iterator<Item = TreeName> {
+    TreeName::ALL.into_iter().filter(|t| shifted_home(*t) != *t)
+}
+
+pub(super) fn tmp_name(t: TreeName) -> String {
+    format!("layout_migration_{}", t.name())
+}
+
+/// The first and the last entry of a tree (sled trees are sorted, so the two ends show
+/// whether a tree holds one kind of key or two).
+fn ends(tree: &sled::Tree) -> Result<Vec<(sled::IVec, sled::IVec)>> {
+    let mut out = Vec::new();
+    if let Some(kv) = tree.first().map_err(sled_err)? {
+        out.push(kv);
+    }
+    if let Some(kv) = tree.last().map_err(sled_err)? {
+        out.push(kv);
+    }
+    Ok(out)
+}
+
+fn has_change_event(tree: &sled::Tree) -> Result<bool> {
+    Ok(ends(tree)?.iter().any(|(k, _)| k.len() == 8))
+}
+
+fn has_wrapped_key(tree: &sled::Tree) -> Result<bool> {
+    // A wrapped data key is 73 bytes; an erasure tombstone (the neighbour) about 10.
+    Ok(ends(tree)?
+        .iter()
+        .any(|(k, v)| k.len() == 16 && v.len() > 32))
+}
+
+fn has_mention(tree: &sled::Tree) -> Result<bool> {
+    Ok(ends(tree)?.iter().any(|(k, _)| k.len() > 16))
+}
+
+/// Classifies the trees (`trees[i]` is the sled tree named `TreeName::ALL[i]`).
+pub fn classify(trees: &[sled::Tree]) -> Result<Found> {
+    let sled_tree = |t: TreeName| &trees[t.index()];
+    let named = has_change_event(sled_tree(TreeName::Changes))?
+        || has_wrapped_key(sled_tree(TreeName::DataKeys))?;
+    let shifted = has_change_event(sled_tree(shifted_home(TreeName::Changes)))?
+        || has_wrapped_key(sled_tree(shifted_home(TreeName::DataKeys)))?
+        || has_mention(sled_tree(shifted_home(TreeName::IdempotencyMentions)))?;
+    Ok(match (named, shifted) {
+        (_, false) => Found::Named,
+        (false, true) => Found::Shifted,
+        (true, true) => Found::Mixed,
+    })
+}
+
+fn copy(from: &sled::Tree, to: &sled::Tree) -> Result<u64> {
+    let mut batch = sled::Batch::default();
+    let (mut n, mut in_batch) = (0u64, 0usize);
+    for kv in from.iter() {
+        let (k, v) = kv.map_err(sled_err)?;
+        batch.insert(k, v);
+        n += 1;
+        in_batch += 1;
+        if in_batch == COPY_BATCH {
+            to.apply_batch(std::mem::take(&mut batch))
+                .map_err(sled_err)?;
+            in_batch = 0;
+        }
+    }
+    to.apply_batch(batch).map_err(sled_err)?;
+    Ok(n)
+}
+
+/// sled's flush, then our own fsync of its log (sled's flush alone is not a sync point; see
+/// ARCHITECTURE, durability).
+fn make_durable(db: &sled::Db, dir: &Path) -> Result<()> {
+    db.flush().map_err(sled_err)?;
+    std::fs::File::open(dir.join("db"))
+        .and_then(|f| f.sync_all())
+        .map_err(|e| Error::Unavailable(format!("cannot fsync the store's log file: {e}")))
+}
+
+/// Makes sure every tree is in the sled tree of its name before the store is used: checks a
+/// directory once, moves the trees of a directory written with the shifted indices, and
+/// refuses one with records of both layouts. `trees[i]` is the sled tree named
+/// `TreeName::ALL[i]`.
+pub fn ensure(db: &sled::Db, trees: &[sled::Tree], dir: &Path) -> Result<()> {
+    let meta = &trees[TreeName::Meta.index()];
+    if let Some(v) = meta.get(keys::META_TREE_LAYOUT).map_err(sled_err)? {
+        let layout = decode_u64("tree_layout", &v)?;
+        if layout > TREE_LAYOUT {
+            return Err(Error::Unavailable(format!(
+                "the data directory {} has tree layout {layout}, newer than this build's {TREE_LAYOUT}; run a newer release",
+                dir.display()
+            )));
+        }
+        if layout == TREE_LAYOUT {
+            return drop_copies(db);
+        }
+    }
+    if meta
+        .get(keys::META_LAYOUT_MIGRATION)
+        .map_err(sled_err)?
+        .is_none()
+    {
+        match classify(trees)? {
+            Found::Named => {
+                meta.insert(keys::META_TREE_LAYOUT, &TREE_LAYOUT.to_be_bytes())
+                    .map_err(sled_err)?;
+                return make_durable(db, dir);
+            }
+            Found::Mixed => {
+                return Err(Error::Corrupt(format!(
+                    "the data directory {} holds records of two tree layouts: it was written by a build from before e69ea4f and then by one from e69ea4f up to the layout fix, which kept some trees under their neighbours' names. Such a directory cannot be sorted out record by record; restore a backup taken before the upgrade to the e69ea4f build (or re-import the data)",
+                    dir.display()
+                )));
+            }
+            Found::Shifted => {
+                tracing::warn!(
+                    dir = %dir.display(),
+                    "the data directory was written by a build that kept trees under their neighbours' names (e69ea4f up to the layout fix); moving them"
+                );
+                for t in moved() {
+                    let tmp = db.open_tree(tmp_name(t)).map_err(sled_err)?;
+                    tmp.clear().map_err(sled_err)?;
+                    copy(&trees[shifted_home(t).index()], &tmp)?;
+                }
+                make_durable(db, dir)?;
+                meta.insert(keys::META_LAYOUT_MIGRATION, &[1u8])
+                    .map_err(sled_err)?;
+                make_durable(db, dir)?;
+            }
+        }
+    }
+    // Every moved tree has a complete copy: refill each tree of its name from it.
+    let mut moved_records = 0u64;
+    for t in moved() {
+        let tmp = db.open_tree(tmp_name(t)).map_err(sled_err)?;
+        let dest = &trees[t.index()];
+        dest.clear().map_err(sled_err)?;
+        moved_records += copy(&tmp, dest)?;
+    }
+    make_durable(db, dir)?;
+    meta.insert(keys::META_TREE_LAYOUT, &TREE_LAYOUT.to_be_bytes())
+        .map_err(sled_err)?;
+    meta.remove(keys::META_LAYOUT_MIGRATION).map_err(sled_err)?;
+    make_durable(db, dir)?;
+    tracing::warn!(records = moved_records, "tree layout fixed");
+    drop_copies(db)
+}
+
+/// Drops the copies a finished migration left (a crash after its mark, before the drop).
+fn drop_copies(db: &sled::Db) -> Result<()> {
+    for t in moved() {
+        let name = tmp_name(t);
+        if db
+            .tree_names()
+            .iter()
+            .any(|n| n.as_ref() == name.as_bytes())
+        {
+            db.drop_tree(name.as_bytes()).map_err(sled_err)?;
+        }
+    }
+    Ok(())
+}
+
+/// Where a record tagged `tag` in a backup file of format 1 belongs. Format 1 tagged records
+/// with the tree's index, and the indices moved twice: before e69ea4f there were 20 trees in
+/// the order of [`TreeName::ALL`]; from e69ea4f up to the layout fix, 21 in
+/// [`SHIFTED_ORDER`]. A file of the second kind has a record tagged 20 (data keys) or change
+/// events (8-byte keys) tagged 11; otherwise the first order applies.
+pub fn v1_tree_map(tags_and_keys: &[(usize, usize)]) -> [TreeName; 21] {
+    let shifted = tags_and_keys
+        .iter()
+        .any(|&(tag, klen)| tag == 20 || (tag == 11 && klen == 8));
+    if shifted {
+        SHIFTED_ORDER
+    } else {
+        TreeName::ALL
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_tree_index_is_its_position_in_all() {
+        for (i, t) in TreeName::ALL.iter().enumerate() {
+            assert_eq!(t.index(), i, "{} is declared out of ALL's order", t.name());
+        }
+    }
+
+    #[test]
+    fn the_shifted_order_moves_exactly_the_trees_from_idempotency_mentions_on() {
+        let moved: Vec<&str> = moved().map(TreeName::name).collect();
+        assert_eq!(moved.len(), 11, "{moved:?}");
+        assert_eq!(
+            shifted_home(TreeName::DataKeys),
+            TreeName::IdempotencyMentions
+        );
+        assert_eq!(shifted_home(TreeName::Changes), TreeName::Consents);
+        assert_eq!(
+            shifted_home(TreeName::IdempotencyMentions),
+            TreeName::Changes
+        );
+        assert_eq!(shifted_home(TreeName::Profiles), TreeName::Profiles);
+    }
+}
