@@ -144,7 +144,7 @@ impl TreeName {
     }
 }
 
-/// The order of the trees' indices in builds from e69ea4f up to the fix of the layout: there
+/// The order of the trees' indices in builds from e69ea4f to 11fad48: there
 /// `IdempotencyMentions` was declared after `IdempotencyExpiry` but opened last, so the index
 /// of each tree from `IdempotencyMentions` on reached the sled tree named after the one
 /// before it in [`TreeName::ALL`] (data keys were kept in the sled tree

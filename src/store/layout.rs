@@ -1,6 +1,6 @@
 //! Which sled tree holds which of ours, checked once per data directory at open.
 //!
-//! Builds from e69ea4f up to this module reached some trees through the wrong index (see
+//! Builds from e69ea4f to 11fad48 reached some trees through the wrong index (see
 //! [`keys::SHIFTED_ORDER`]): every tree from `IdempotencyMentions` on was kept in the sled tree
 //! named after its neighbour. Such a directory was consistent with itself, but a directory
 //! written before e69ea4f and then opened by one of those builds answered DATA_LOSS ("no data
@@ -158,14 +158,14 @@ pub fn ensure(db: &sled::Db, trees: &[sled::Tree], dir: &Path) -> Result<()> {
             }
             Found::Mixed => {
                 return Err(Error::Corrupt(format!(
-                    "the data directory {} holds records of two tree layouts: it was written by a build from before e69ea4f and then by one from e69ea4f up to the layout fix, which kept some trees under their neighbours' names. Such a directory cannot be sorted out record by record; restore a backup taken before the upgrade to the e69ea4f build (or re-import the data)",
+                    "the data directory {} holds records of two tree layouts: it was written by a build from before e69ea4f and then by one from e69ea4f to 11fad48, which kept some trees under their neighbours' names. Such a directory cannot be sorted out record by record; restore a backup taken before the upgrade to the e69ea4f build (or re-import the data)",
                     dir.display()
                 )));
             }
             Found::Shifted => {
                 tracing::warn!(
                     dir = %dir.display(),
-                    "the data directory was written by a build that kept trees under their neighbours' names (e69ea4f up to the layout fix); moving them"
+                    "the data directory was written by a build that kept trees under their neighbours' names (e69ea4f to 11fad48); moving them"
                 );
                 for t in moved() {
                     let tmp = db.open_tree(tmp_name(t)).map_err(sled_err)?;
@@ -213,7 +213,7 @@ fn drop_copies(db: &sled::Db) -> Result<()> {
 
 /// Where a record tagged `tag` in a backup file of format 1 belongs. Format 1 tagged records
 /// with the tree's index, and the indices moved twice: before e69ea4f there were 20 trees in
-/// the order of [`TreeName::ALL`]; from e69ea4f up to the layout fix, 21 in
+/// the order of [`TreeName::ALL`]; from e69ea4f to 11fad48, 21 in
 /// [`SHIFTED_ORDER`]. A file of the second kind has a record tagged 20 (data keys) or change
 /// events (8-byte keys) tagged 11; otherwise the first order applies.
 pub fn v1_tree_map(tags_and_keys: &[(usize, usize)]) -> [TreeName; 21] {
