@@ -102,7 +102,7 @@ def render(work, out):
         ("7. Restart to SERVING: kill -9 vs clean stop (median)", kill9, clean, ratio(kill9, clean), 2.0, False, "ms"),
         ("8a. Flood (4× max): admitted GetProfile p99 vs p99 at 50 % load", p99("flood"), p99("get-by-id-open"),
          ratio(p99("flood"), p99("get-by-id-open")), 3.0, False, "µs"),
-        ("8b. Flood: server RSS (max sampled) vs bound (RSS before + 128 MiB)", flood_rss, flood_bound,
+        ("8b. Flood: server RSS (max sampled) vs bound (RSS after a warm-up + 128 MiB)", flood_rss, flood_bound,
          ratio(flood_rss, flood_bound), 1.0, False, "bytes"),
         ("8c. Flood: serving normally again after the flood (goal 1,000 ms)", recovery,
          1000.0, ratio(recovery, 1000.0), 1.0, False, "ms"),
@@ -205,7 +205,8 @@ def render(work, out):
              f"{fmt(flood['latency_us']['max'])} µs"),
             ("p99 at 50 % load (same server, before the flood)", f"{fmt(p99('get-by-id-open'))} µs; goal: admitted "
              f"p99 ≤ 3 × = {fmt((p99('get-by-id-open') or 0) * 3)} µs"),
-            ("server RSS before / max during / bound", f"{fmt(facts.get('flood_rss_before_kib'))} / "
+            ("server RSS cold (just started) / before (after a closed-loop warm-up) / max during / bound",
+             f"{fmt(facts.get('flood_rss_cold_kib'))} / {fmt(facts.get('flood_rss_before_kib'))} / "
              f"{fmt(facts.get('flood_rss_max_kib'))} / {fmt(facts.get('flood_rss_bound_kib'))} KiB"),
             ("recovery (from the schedule's end to the first of 20 calls in a row OK within "
              f"{fmt(rec.get('threshold_ms'), 1)} ms)", f"{fmt(recovery, 1)} ms ({fmt(rec.get('probe_calls'))} probe calls, "
