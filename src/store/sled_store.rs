@@ -698,7 +698,7 @@ fn remove_partial_snapshots(dir: &std::path::Path) -> Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(io(e)),
     };
-    if log.try_lock().is_err() {
+    if fs2::FileExt::try_lock_exclusive(&log).is_err() {
         return Ok(());
     }
     for entry in std::fs::read_dir(dir).map_err(io)? {
@@ -712,7 +712,7 @@ fn remove_partial_snapshots(dir: &std::path::Path) -> Result<()> {
             std::fs::remove_file(&path).map_err(io)?;
         }
     }
-    log.unlock().map_err(io)?;
+    fs2::FileExt::unlock(&log).map_err(io)?;
     Ok(())
 }
 
