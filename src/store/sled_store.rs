@@ -1980,8 +1980,8 @@ mod tests {
         let dir = tempdir();
         let before = filled(dir.path())?;
         let db = shift(dir.path())?;
-        // The state of a crash in the second step: complete copies and their mark, some
-        // trees already refilled, one cleared, the rest still shifted.
+        // The state of a crash in the second step: complete copies and their mark, one tree
+        // of its name already cleared, the others as the shifted build left them.
         for t in super::super::layout::moved() {
             let home = db
                 .open_tree(super::super::layout::shifted_home(t).name())
