@@ -37,6 +37,8 @@ pub enum Found {
     Shifted,
     /// Records of both layouts.
     Mixed,
+    /// Records in the moved trees, none of a shape that tells the layouts apart.
+    Unknown,
 }
 
 /// The sled tree `t`'s records are in under the shifted indices.
@@ -57,46 +59,87 @@ pub(super) fn tmp_name(t: TreeName) -> String {
     format!("layout_migration_{}", t.name())
 }
 
-/// The first and the last entry of a tree (sled trees are sorted, so the two ends show
-/// whether a tree holds one kind of key or two).
-fn ends(tree: &sled::Tree) -> Result<Vec<(sled::IVec, sled::IVec)>> {
-    let mut out = Vec::new();
-    if let Some(kv) = tree.first().map_err(sled_err)? {
-        out.push(kv);
-    }
-    if let Some(kv) = tree.last().map_err(sled_err)? {
-        out.push(kv);
-    }
-    Ok(out)
+/// What the records of one sled tree say about the layout: for each tree, a key (and value)
+/// shape that only the named layout puts there and one that only the shifted layout does.
+/// Every record is looked at (once per directory): the two layouts' records interleave in a
+/// mixed directory, so the ends of a tree do not tell.
+struct Signature {
+    /// The sled tree (by its name).
+    tree: TreeName,
+    /// A record the tree of this name holds.
+    named: fn(&[u8], &[u8]) -> bool,
+    /// A record its neighbour holds (what the shifted indices put here).
+    shifted: fn(&[u8], &[u8]) -> bool,
 }
 
-fn has_change_event(tree: &sled::Tree) -> Result<bool> {
-    Ok(ends(tree)?.iter().any(|(k, _)| k.len() == 8))
-}
+/// A wrapped data key is 73 bytes; an erasure tombstone about 10.
+const WRAPPED_KEY_MIN: usize = 33;
 
-fn has_wrapped_key(tree: &sled::Tree) -> Result<bool> {
-    // A wrapped data key is 73 bytes; an erasure tombstone (the neighbour) about 10.
-    Ok(ends(tree)?
-        .iter()
-        .any(|(k, v)| k.len() == 16 && v.len() > 32))
-}
-
-fn has_mention(tree: &sled::Tree) -> Result<bool> {
-    Ok(ends(tree)?.iter().any(|(k, _)| k.len() > 16))
-}
+const SIGNATURES: [Signature; 7] = [
+    // Change events (sequence, 8 bytes) / mentions (UUID ++ idempotency key).
+    Signature {
+        tree: TreeName::Changes,
+        named: |k, _| k.len() == 8,
+        shifted: |k, _| k.len() > 16,
+    },
+    // Consents (profile ++ sequence, 24 bytes) / change events.
+    Signature {
+        tree: TreeName::Consents,
+        named: |k, _| k.len() == 24,
+        shifted: |k, _| k.len() == 8,
+    },
+    // Preferences (profile, 16) / consents (24).
+    Signature {
+        tree: TreeName::Preferences,
+        named: |k, _| k.len() == 16,
+        shifted: |k, _| k.len() == 24,
+    },
+    // Segment terms (profile, 16) / sent messages (profile ++ message key, longer).
+    Signature {
+        tree: TreeName::SegmentTerms,
+        named: |k, _| k.len() == 16,
+        shifted: |k, _| k.len() > 16,
+    },
+    // Tombstones (profile, 16) / interaction index entries (40 bytes and more).
+    Signature {
+        tree: TreeName::Erased,
+        named: |k, _| k.len() == 16,
+        shifted: |k, _| k.len() >= 40,
+    },
+    // Wrapped data keys / tombstones.
+    Signature {
+        tree: TreeName::DataKeys,
+        named: |k, v| k.len() == 16 && v.len() >= WRAPPED_KEY_MIN,
+        shifted: |k, v| k.len() == 16 && v.len() < WRAPPED_KEY_MIN,
+    },
+    // Mentions / wrapped data keys.
+    Signature {
+        tree: TreeName::IdempotencyMentions,
+        named: |k, _| k.len() > 16,
+        shifted: |k, _| k.len() == 16,
+    },
+];
 
 /// Classifies the trees (`trees[i]` is the sled tree named `TreeName::ALL[i]`).
 pub fn classify(trees: &[sled::Tree]) -> Result<Found> {
-    let sled_tree = |t: TreeName| &trees[t.index()];
-    let named = has_change_event(sled_tree(TreeName::Changes))?
-        || has_wrapped_key(sled_tree(TreeName::DataKeys))?;
-    let shifted = has_change_event(sled_tree(shifted_home(TreeName::Changes)))?
-        || has_wrapped_key(sled_tree(shifted_home(TreeName::DataKeys)))?
-        || has_mention(sled_tree(shifted_home(TreeName::IdempotencyMentions)))?;
+    let (mut named, mut shifted) = (false, false);
+    for sig in &SIGNATURES {
+        for kv in trees[sig.tree.index()].iter() {
+            let (k, v) = kv.map_err(sled_err)?;
+            named |= (sig.named)(&k, &v);
+            shifted |= (sig.shifted)(&k, &v);
+            if named && shifted {
+                return Ok(Found::Mixed);
+            }
+        }
+    }
+    let anything_moved = moved().any(|t| !trees[t.index()].is_empty());
     Ok(match (named, shifted) {
-        (_, false) => Found::Named,
-        (false, true) => Found::Shifted,
         (true, true) => Found::Mixed,
+        (false, true) => Found::Shifted,
+        (true, false) => Found::Named,
+        (false, false) if !anything_moved => Found::Named,
+        (false, false) => Found::Unknown,
     })
 }
 
@@ -154,7 +197,14 @@ pub fn ensure(db: &sled::Db, trees: &[sled::Tree], dir: &Path) -> Result<()> {
             Found::Named => {
                 meta.insert(keys::META_TREE_LAYOUT, &TREE_LAYOUT.to_be_bytes())
                     .map_err(sled_err)?;
+                forbid_older_builds(meta)?;
                 return make_durable(db, dir);
+            }
+            Found::Unknown => {
+                return Err(Error::Corrupt(format!(
+                    "the data directory {} has no mark of its tree layout and its records do not show which it is; restore a backup or re-import the data",
+                    dir.display()
+                )));
             }
             Found::Mixed => {
                 return Err(Error::Corrupt(format!(
@@ -173,6 +223,9 @@ pub fn ensure(db: &sled::Db, trees: &[sled::Tree], dir: &Path) -> Result<()> {
                     copy(&trees[shifted_home(t).index()], &tmp)?;
                 }
                 make_durable(db, dir)?;
+                // Before any tree of its name is touched: a build with the shifted indices
+                // must not open the directory any more.
+                forbid_older_builds(meta)?;
                 meta.insert(keys::META_LAYOUT_MIGRATION, &[1u8])
                     .map_err(sled_err)?;
                 make_durable(db, dir)?;
@@ -196,6 +249,16 @@ pub fn ensure(db: &sled::Db, trees: &[sled::Tree], dir: &Path) -> Result<()> {
     drop_copies(db)
 }
 
+/// Raises the schema version to this build's: builds before it (the shifted ones among them)
+/// refuse a newer schema at open, so none of them writes shifted records into a directory
+/// this build has checked or is moving.
+fn forbid_older_builds(meta: &sled::Tree) -> Result<()> {
+    let current = super::sled_store::SCHEMA_VERSION.to_be_bytes();
+    meta.insert(keys::META_SCHEMA_VERSION, &current)
+        .map_err(sled_err)?;
+    Ok(())
+}
+
 /// Drops the copies a finished migration left (a crash after its mark, before the drop).
 fn drop_copies(db: &sled::Db) -> Result<()> {
     for t in moved() {
@@ -209,22 +272,6 @@ fn drop_copies(db: &sled::Db) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// Where a record tagged `tag` in a backup file of format 1 belongs. Format 1 tagged records
-/// with the tree's index, and the indices moved twice: before e69ea4f there were 20 trees in
-/// the order of [`TreeName::ALL`]; from e69ea4f to 11fad48, 21 in
-/// [`SHIFTED_ORDER`]. A file of the second kind has a record tagged 20 (data keys) or change
-/// events (8-byte keys) tagged 11; otherwise the first order applies.
-pub fn v1_tree_map(tags_and_keys: &[(usize, usize)]) -> [TreeName; 21] {
-    let shifted = tags_and_keys
-        .iter()
-        .any(|&(tag, klen)| tag == 20 || (tag == 11 && klen == 8));
-    if shifted {
-        SHIFTED_ORDER
-    } else {
-        TreeName::ALL
-    }
 }
 
 #[cfg(test)]

@@ -37,7 +37,9 @@ use crate::domain::time::Timestamp;
 use crate::error::{Error, Result};
 
 /// Schema version of data directories written by this build.
-pub const SCHEMA_VERSION: u64 = 1;
+/// 2: every tree in the sled tree of its name (`store/layout.rs`); builds with schema 1 refuse
+/// it, among them those that kept trees under their neighbours' names.
+pub const SCHEMA_VERSION: u64 = 2;
 
 /// How to open the store.
 #[derive(Debug, Clone)]
@@ -209,9 +211,7 @@ impl SledStore {
         let db = loop {
             match config.open() {
                 Ok(db) => break db,
-                Err(sled::Error::Io(e))
-                    if e.kind() == std::io::ErrorKind::WouldBlock && attempts < 250 =>
-                {
+                Err(sled::Error::Io(e)) if is_lock_held(&e) && attempts < 250 => {
                     attempts += 1;
                     std::thread::sleep(std::time::Duration::from_millis(20));
                 }
@@ -549,7 +549,6 @@ impl SledStore {
         {
             return Err(bad("not a customer-profile backup"));
         }
-        let v1 = bytes.starts_with(BACKUP_MAGIC_V1);
         let (body, digest) = bytes.split_at(bytes.len() - 32);
         if Sha256::digest(body).as_slice() != digest {
             return Err(bad("checksum mismatch: the file is damaged or incomplete"));
@@ -602,16 +601,11 @@ impl SledStore {
             .iter()
             .map(|t| db.open_tree(t.name()).map_err(sled_err))
             .collect::<Result<Vec<_>>>()?;
-        let tree_of = if v1 {
-            let tags: Vec<(usize, usize)> = records.iter().map(|(t, k, _)| (*t, k.len())).collect();
-            super::layout::v1_tree_map(&tags)
-        } else {
-            TreeName::ALL
-        };
+        // Each record into the sled tree at its tag's position, as the writing build kept it
+        // (format 1 of the builds e69ea4f..11fad48 included): the directory is then what
+        // that build had on disk, and the layout check at open sorts it out.
         for (t, k, v) in &records {
-            trees[tree_of[*t].index()]
-                .insert(*k, *v)
-                .map_err(sled_err)?;
+            trees[*t].insert(*k, *v).map_err(sled_err)?;
         }
         db.flush().map_err(sled_err)?;
         File::open(dir.join("db"))
@@ -676,6 +670,12 @@ impl SledStore {
         }
         Ok((out, new_keys))
     }
+}
+
+/// Whether sled failed to open because its lock on the directory is held. sled 0.34 reports
+/// that as `ErrorKind::Other` with the lock error in the message, not as `WouldBlock`.
+fn is_lock_held(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::WouldBlock || e.to_string().contains("could not acquire lock")
 }
 
 /// Deletes snapshot files sled did not finish (`snap.<lsn>.generating`), before sled opens the
@@ -1862,8 +1862,8 @@ mod tests {
             .collect()
     }
 
-    /// A store with profiles, consents, change events, an erasure and an idempotent
-    /// response: something in every tree the shifted indices moved.
+    /// A store with profiles, change events and an erasure, plus a record of the right shape
+    /// in each other tree the shifted indices moved: something in every one of them.
     fn filled(dir: &std::path::Path) -> Result<Vec<Entries>> {
         use crate::domain::identity::ProfileKey;
         use crate::domain::profile::ChangeKind;
@@ -1891,13 +1891,40 @@ mod tests {
         Store::write(&store, &mut |tx| {
             crate::domain::privacy::erase(tx, &ProfileKey::Id(ids[0]), now).map(|_| ())
         })?;
+        let p = *ids[1].as_bytes();
+        let long = |mut head: Vec<u8>, tail: &[u8]| {
+            head.extend_from_slice(tail);
+            head
+        };
+        store.write_pending(&mut |tx| {
+            tx.set(
+                TreeName::IdempotencyMentions,
+                long(p.to_vec(), b"req-1"),
+                vec![],
+            );
+            tx.set(
+                TreeName::Consents,
+                long(p.to_vec(), &7u64.to_be_bytes()),
+                b"consent".to_vec(),
+            );
+            tx.set(
+                TreeName::SentMessages,
+                long(p.to_vec(), b"welcome"),
+                b"sent".to_vec(),
+            );
+            tx.set(TreeName::SegmentTerms, p.to_vec(), b"terms".to_vec());
+            tx.set(TreeName::SegmentIndex, long(b"g\0\0".to_vec(), &p), vec![]);
+            tx.set(TreeName::InteractionIndex, long(vec![b'i'; 34], &p), vec![]);
+            Ok(())
+        })?;
         let before = contents(&store)?;
-        assert!(
-            [TreeName::Changes, TreeName::DataKeys, TreeName::Erased]
-                .iter()
-                .all(|t| !before[t.index()].is_empty()),
-            "the fixture fills the trees the layout check looks at"
-        );
+        for t in super::super::layout::moved() {
+            assert!(
+                !before[t.index()].is_empty(),
+                "the fixture leaves {} empty",
+                t.name()
+            );
+        }
         store.close()?;
         Ok(before)
     }
@@ -1936,7 +1963,7 @@ mod tests {
         for _ in 0..250 {
             match sled::Config::new().path(dir).open() {
                 Ok(db) => return Ok(db),
-                Err(sled::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                Err(sled::Error::Io(e)) if is_lock_held(&e) => {
                     std::thread::sleep(std::time::Duration::from_millis(20));
                 }
                 Err(e) => return Err(sled_err(e)),
@@ -1997,9 +2024,24 @@ mod tests {
         let meta = db.open_tree(TreeName::Meta.name()).map_err(sled_err)?;
         meta.insert(keys::META_LAYOUT_MIGRATION, &[1u8])
             .map_err(sled_err)?;
-        db.open_tree(TreeName::Changes.name())
-            .and_then(|t| t.clear())
+        // The refill had cleared the trees that held the change events and the data keys
+        // (`changes` and `data_keys` take them back), and had put half the data keys in place:
+        // only the copies and their mark still say where everything belongs.
+        for t in [TreeName::Consents, TreeName::IdempotencyMentions] {
+            db.open_tree(t.name())
+                .and_then(|t| t.clear())
+                .map_err(sled_err)?;
+        }
+        let keys_copy = db
+            .open_tree(super::super::layout::tmp_name(TreeName::DataKeys))
             .map_err(sled_err)?;
+        let data_keys = db.open_tree(TreeName::DataKeys.name()).map_err(sled_err)?;
+        data_keys.clear().map_err(sled_err)?;
+        for kv in keys_copy.iter().step_by(2) {
+            let (k, v) = kv.map_err(sled_err)?;
+            data_keys.insert(k, v).map_err(sled_err)?;
+        }
+        drop((keys_copy, data_keys));
         db.flush().map_err(sled_err)?;
         drop((meta, db));
         let store = open(dir.path())?;
