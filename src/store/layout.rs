@@ -19,7 +19,7 @@ use std::path::Path;
 
 use super::codec::decode_u64;
 use super::keys::{self, SHIFTED_ORDER, TreeName};
-use super::sled_store::sled_err;
+use super::sled_store::{flush_and_sync, sled_err};
 use crate::error::{Error, Result};
 
 /// The layout this build reads and writes: every tree in the sled tree of its own name.
@@ -161,15 +161,6 @@ fn copy(from: &sled::Tree, to: &sled::Tree) -> Result<u64> {
     Ok(n)
 }
 
-/// sled's flush, then our own fsync of its log (sled's flush alone is not a sync point; see
-/// ARCHITECTURE, durability).
-fn make_durable(db: &sled::Db, dir: &Path) -> Result<()> {
-    db.flush().map_err(sled_err)?;
-    std::fs::File::open(dir.join("db"))
-        .and_then(|f| f.sync_all())
-        .map_err(|e| Error::Unavailable(format!("cannot fsync the store's log file: {e}")))
-}
-
 /// Makes sure every tree is in the sled tree of its name before the store is used: checks a
 /// directory once, moves the trees of a directory written with the shifted indices, and
 /// refuses one with records of both layouts. `trees[i]` is the sled tree named
@@ -198,7 +189,7 @@ pub fn ensure(db: &sled::Db, trees: &[sled::Tree], dir: &Path) -> Result<()> {
                 meta.insert(keys::META_TREE_LAYOUT, &TREE_LAYOUT.to_be_bytes())
                     .map_err(sled_err)?;
                 forbid_older_builds(meta)?;
-                return make_durable(db, dir);
+                return flush_and_sync(db, dir);
             }
             Found::Unknown => {
                 return Err(Error::Corrupt(format!(
@@ -222,13 +213,13 @@ pub fn ensure(db: &sled::Db, trees: &[sled::Tree], dir: &Path) -> Result<()> {
                     tmp.clear().map_err(sled_err)?;
                     copy(&trees[shifted_home(t).index()], &tmp)?;
                 }
-                make_durable(db, dir)?;
+                flush_and_sync(db, dir)?;
                 // Before any tree of its name is touched: a build with the shifted indices
                 // must not open the directory any more.
                 forbid_older_builds(meta)?;
                 meta.insert(keys::META_LAYOUT_MIGRATION, &[1u8])
                     .map_err(sled_err)?;
-                make_durable(db, dir)?;
+                flush_and_sync(db, dir)?;
             }
         }
     }
@@ -240,11 +231,11 @@ pub fn ensure(db: &sled::Db, trees: &[sled::Tree], dir: &Path) -> Result<()> {
         dest.clear().map_err(sled_err)?;
         moved_records += copy(&tmp, dest)?;
     }
-    make_durable(db, dir)?;
+    flush_and_sync(db, dir)?;
     meta.insert(keys::META_TREE_LAYOUT, &TREE_LAYOUT.to_be_bytes())
         .map_err(sled_err)?;
     meta.remove(keys::META_LAYOUT_MIGRATION).map_err(sled_err)?;
-    make_durable(db, dir)?;
+    flush_and_sync(db, dir)?;
     tracing::warn!(records = moved_records, "tree layout fixed");
     drop_copies(db)
 }
@@ -261,13 +252,10 @@ fn forbid_older_builds(meta: &sled::Tree) -> Result<()> {
 
 /// Drops the copies a finished migration left (a crash after its mark, before the drop).
 fn drop_copies(db: &sled::Db) -> Result<()> {
+    let names = db.tree_names();
     for t in moved() {
         let name = tmp_name(t);
-        if db
-            .tree_names()
-            .iter()
-            .any(|n| n.as_ref() == name.as_bytes())
-        {
+        if names.iter().any(|n| n.as_ref() == name.as_bytes()) {
             db.drop_tree(name.as_bytes()).map_err(sled_err)?;
         }
     }

@@ -607,10 +607,7 @@ impl SledStore {
         for (t, k, v) in &records {
             trees[*t].insert(*k, *v).map_err(sled_err)?;
         }
-        db.flush().map_err(sled_err)?;
-        File::open(dir.join("db"))
-            .and_then(|f| f.sync_all())
-            .map_err(|e| Error::Unavailable(format!("cannot fsync the restored store: {e}")))?;
+        flush_and_sync(&db, dir)?;
         Ok(count)
     }
 }
@@ -670,6 +667,16 @@ impl SledStore {
         }
         Ok((out, new_keys))
     }
+}
+
+/// sled's flush, then our own fsync of its log: sled's flush alone is not a sync point
+/// (ARCHITECTURE, durability). For the one-off writes outside group commit (restore, the
+/// layout check).
+pub(super) fn flush_and_sync(db: &sled::Db, dir: &std::path::Path) -> Result<()> {
+    db.flush().map_err(sled_err)?;
+    File::open(dir.join("db"))
+        .and_then(|f| f.sync_all())
+        .map_err(|e| Error::Unavailable(format!("cannot fsync the store's log file: {e}")))
 }
 
 /// Whether sled failed to open because its lock on the directory is held. sled 0.34 reports
