@@ -148,10 +148,12 @@ def render(work, out):
     L.append("## Every run")
     L.append("")
     L.append("Latency in µs. Closed loop: back to back, latency from send. Open loop: fixed rate, "
-             "latency from the intended send time (coordinated omission corrected).")
+             "latency from the intended send time (coordinated omission corrected). Client: tonic's, "
+             "or the load generator's lean HTTP/2 client (`lean-h2`: pre-encoded requests, status "
+             "read, reply not decoded), used for the runs compared at half load and the flood.")
     L.append("")
-    L.append("| run | mode | conc. | req/s | vs echo | p50 | p90 | p99 | p99.9 | max | n | errors | labels |")
-    L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|")
+    L.append("| run | mode | client | conc. | req/s | vs echo | p50 | p90 | p99 | p99.9 | max | n | errors | labels |")
+    L.append("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|")
     for name, r in runs.items():
         l = r["latency_us"]
         errs = ", ".join(f"{k}: {v}" for k, v in r["errors"].items()) or "0"
@@ -159,7 +161,7 @@ def render(work, out):
             errs += " **NOT A RESULT**"
         vs = fmt(ratio(r["throughput_rps"], echo), 2) if r["mode"] == "closed" else ""
         labels = ", ".join(f"{k}: {v}" for k, v in r.get("labels", {}).items())
-        L.append(f"| {name} | {r['mode']} | {r['concurrency']} | {fmt(r['throughput_rps'])} | {vs} | "
+        L.append(f"| {name} | {r['mode']} | {r.get('client', 'tonic')} | {r['concurrency']} | {fmt(r['throughput_rps'])} | {vs} | "
                  f"{fmt(l['p50'])} | {fmt(l['p90'])} | {fmt(l['p99'])} | {fmt(l['p999'])} | "
                  f"{fmt(l['max'])} | {fmt(r['count'])} | {errs} | {labels} |")
     L.append("")

@@ -342,17 +342,29 @@ pub struct AuditIds(pub Vec<String>);
 #[derive(Debug, Clone, Copy)]
 pub struct NotStarted;
 
-/// The name of a gRPC status code (`0` → `OK`).
-pub fn code_name(code: i32) -> String {
-    let camel = format!("{:?}", tonic::Code::from_i32(code));
-    let mut out = String::new();
-    for (i, c) in camel.chars().enumerate() {
-        if c.is_uppercase() && i > 0 {
-            out.push('_');
-        }
-        out.push(c.to_ascii_uppercase());
+/// The name of a gRPC status code (`0` → `OK`); a number outside the table is `UNKNOWN`, as
+/// gRPC reads it. A table, not a formatted string: every call's metrics and log line name it.
+pub fn code_name(code: i32) -> &'static str {
+    use tonic::Code::*;
+    match tonic::Code::from_i32(code) {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
     }
-    out
 }
 
 #[cfg(test)]
@@ -389,5 +401,22 @@ mod tests {
         log.close();
         assert_eq!(verify(&path)?, Verdict::Intact { entries: 3 });
         Ok(())
+    }
+
+    #[test]
+    fn code_names_are_the_upper_snake_case_of_each_code() {
+        for code in 0..=16 {
+            let camel = format!("{:?}", tonic::Code::from_i32(code));
+            let mut snake = String::new();
+            for (i, c) in camel.chars().enumerate() {
+                if c.is_uppercase() && i > 0 {
+                    snake.push('_');
+                }
+                snake.push(c.to_ascii_uppercase());
+            }
+            assert_eq!(code_name(code), snake, "code {code}");
+        }
+        assert_eq!(code_name(17), "UNKNOWN");
+        assert_eq!(code_name(-1), "UNKNOWN");
     }
 }

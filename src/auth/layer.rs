@@ -6,6 +6,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use tonic::Status;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
@@ -14,7 +15,7 @@ use tower::{Layer, Service};
 use super::tokens::{self, TokenHash};
 use super::{Access, Principal, required_access};
 use crate::audit::{Access as AuditAccess, AuditIds, AuditLog, NotStarted, code_name};
-use crate::server::metrics::Metrics;
+use crate::server::metrics::{CallMetrics, MethodMetrics, UNKNOWN_METHOD};
 
 /// Everything needed to decide who a request comes from.
 #[derive(Debug)]
@@ -165,7 +166,7 @@ pub struct AuthLayer {
     /// Where accesses are recorded.
     pub audit: Option<Arc<AuditLog>>,
     /// Request counts and latencies.
-    pub metrics: Option<Arc<Metrics>>,
+    pub metrics: Option<Arc<CallMetrics>>,
 }
 
 impl<S> Layer<S> for AuthLayer {
@@ -187,44 +188,42 @@ pub struct AuthService<S> {
     inner: S,
     auth: Arc<Authenticator>,
     audit: Option<Arc<AuditLog>>,
-    metrics: Option<Arc<Metrics>>,
+    metrics: Option<Arc<CallMetrics>>,
 }
 
 /// One call in the `grpc_requests_in_flight` gauge; leaves it however the call ends, also when
 /// its future is dropped (deadline passed, client cancelled).
-struct InFlight(Option<metrics::Gauge>);
+struct InFlight(Option<Arc<CallMetrics>>);
 
 impl InFlight {
-    fn enter(metrics: Option<&Arc<Metrics>>) -> InFlight {
-        let gauge = metrics.map(|m| m.gauge("grpc_requests_in_flight", &[]));
-        if let Some(g) = &gauge {
-            g.increment(1.0);
+    fn enter(metrics: Option<&Arc<CallMetrics>>) -> InFlight {
+        if let Some(m) = metrics {
+            m.in_flight().increment(1.0);
         }
-        InFlight(gauge)
+        InFlight(metrics.cloned())
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        if let Some(g) = &self.0 {
-            g.decrement(1.0);
+        if let Some(m) = &self.0 {
+            m.in_flight().decrement(1.0);
         }
     }
 }
 
 /// Counts a finished call.
-fn observe(metrics: Option<&Arc<Metrics>>, method: &str, code: &str, started: std::time::Instant) {
+fn observe(method: &str, metrics: Option<&MethodMetrics>, code: tonic::Code, started: Instant) {
     // The call's span gets its status and latency; one line per call; never a personal value.
-    let latency_us = started.elapsed().as_micros() as u64;
+    let elapsed = started.elapsed();
+    let code_name = code_name(code as i32);
+    let latency_us = elapsed.as_micros() as u64;
     let span = tracing::Span::current();
-    span.record("code", code);
+    span.record("code", code_name);
     span.record("latency_us", latency_us);
-    tracing::info!(method, code, latency_us, "grpc call");
+    tracing::info!(method, code = code_name, latency_us, "grpc call");
     if let Some(m) = metrics {
-        m.counter("grpc_requests_total", &[("method", method), ("code", code)])
-            .increment(1);
-        m.histogram("grpc_request_duration_seconds", &[("method", method)])
-            .record(started.elapsed().as_secs_f64());
+        m.finished(code, elapsed);
     }
 }
 
@@ -233,14 +232,14 @@ fn audited(path: &str) -> bool {
     path.starts_with("/customer_profile.v1.")
 }
 
-fn outcome_of<B>(resp: &http::Response<B>) -> String {
+fn outcome_of<B>(resp: &http::Response<B>) -> tonic::Code {
     let code = resp
         .headers()
         .get("grpc-status")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<i32>().ok())
         .unwrap_or(0);
-    code_name(code)
+    tonic::Code::from_i32(code)
 }
 
 type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
@@ -260,10 +259,17 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<ReqBody>) -> Self::Future {
-        let path = req.uri().path().to_string();
+        let path = req.uri().path();
+        // A path that names no method is counted under one label, as the client wrote it only
+        // in the log line and audit entry.
+        let known = required_access(path).is_some();
+        let method = self
+            .metrics
+            .as_ref()
+            .map(|m| m.method(if known { path } else { UNKNOWN_METHOD }));
+        let path = path.to_string();
         let audit = self.audit.clone().filter(|_| audited(&path));
-        let metrics = self.metrics.clone();
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         match self.auth.check(&req) {
             Ok(principal) => {
                 let name = principal.as_ref().map(|p| p.name.clone());
@@ -271,13 +277,13 @@ where
                     req.extensions_mut().insert(p);
                 }
                 let fut = self.inner.call(req);
-                let in_flight = InFlight::enter(metrics.as_ref());
+                let in_flight = InFlight::enter(self.metrics.as_ref());
                 Box::pin(async move {
                     let result = fut.await;
                     drop(in_flight);
                     let resp = result?;
                     let outcome = outcome_of(&resp);
-                    observe(metrics.as_ref(), &path, &outcome, started);
+                    observe(&path, method.as_deref(), outcome, started);
                     let ran = resp.extensions().get::<NotStarted>().is_none();
                     if let Some(log) = audit.filter(|_| ran) {
                         log.record(AuditAccess {
@@ -288,26 +294,21 @@ where
                                 .get::<AuditIds>()
                                 .map(|a| a.0.clone())
                                 .unwrap_or_default(),
-                            outcome,
+                            outcome: code_name(outcome as i32).to_string(),
                         });
                     }
                     Ok(resp)
                 })
             }
             Err(status) => {
-                observe(
-                    metrics.as_ref(),
-                    &path,
-                    &code_name(status.code() as i32),
-                    started,
-                );
+                observe(&path, method.as_deref(), status.code(), started);
                 if let Some(log) = audit {
                     let who = self.auth.authenticate(&req).ok();
                     log.record(AuditAccess {
                         principal: who.map_or_else(|| "unauthenticated".into(), |p| p.name.clone()),
                         method: path,
                         profiles: Vec::new(),
-                        outcome: code_name(status.code() as i32),
+                        outcome: code_name(status.code() as i32).to_string(),
                     });
                 }
                 let response = status.into_http::<ResBody>();

@@ -1,7 +1,9 @@
 //! Prometheus metrics, one registry per server (tests run many servers in one process, so
 //! nothing is global), served as text on their own port at `/metrics`.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
@@ -86,6 +88,90 @@ impl Metrics {
             });
         self.handle.run_upkeep();
         self.handle.render()
+    }
+}
+
+/// The tower stack's per-call metrics, with handles registered once: building a label set and
+/// looking it up in the registry for every call costs allocations and hashing that a flood of
+/// refused calls would pay tens of thousands of times a second.
+pub struct CallMetrics {
+    registry: Arc<Metrics>,
+    in_flight: Gauge,
+    /// Method label → its handles. The labels are bounded: the caller passes a method the
+    /// server knows or [`UNKNOWN_METHOD`], never a path as the client sent it.
+    methods: parking_lot::RwLock<HashMap<Box<str>, Arc<MethodMetrics>>>,
+}
+
+/// The label of every path that names no method of the server, so a client cannot grow the
+/// registry by calling made-up paths.
+pub const UNKNOWN_METHOD: &str = "unknown";
+
+impl std::fmt::Debug for CallMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CallMetrics")
+    }
+}
+
+impl CallMetrics {
+    /// Handles in `registry`.
+    pub fn new(registry: Arc<Metrics>) -> CallMetrics {
+        CallMetrics {
+            in_flight: registry.gauge("grpc_requests_in_flight", &[]),
+            registry,
+            methods: parking_lot::RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// `grpc_requests_in_flight`.
+    pub fn in_flight(&self) -> &Gauge {
+        &self.in_flight
+    }
+
+    /// The handles of `method` (a bounded label: see [`CallMetrics::methods`]).
+    pub fn method(&self, method: &str) -> Arc<MethodMetrics> {
+        if let Some(m) = self.methods.read().get(method) {
+            return m.clone();
+        }
+        self.methods
+            .write()
+            .entry(method.into())
+            .or_insert_with(|| {
+                Arc::new(MethodMetrics {
+                    duration: self
+                        .registry
+                        .histogram("grpc_request_duration_seconds", &[("method", method)]),
+                    by_code: std::array::from_fn(|_| OnceLock::new()),
+                    registry: self.registry.clone(),
+                    method: method.into(),
+                })
+            })
+            .clone()
+    }
+}
+
+/// One method's handles: its latency histogram, and its call counter by status code,
+/// registered at a code's first use (so `/metrics` lists only codes that occurred).
+pub struct MethodMetrics {
+    duration: Histogram,
+    by_code: [OnceLock<Counter>; 17],
+    registry: Arc<Metrics>,
+    method: Box<str>,
+}
+
+impl MethodMetrics {
+    /// A call ended with `code` after `elapsed`.
+    pub fn finished(&self, code: tonic::Code, elapsed: Duration) {
+        let name = crate::audit::code_name(code as i32);
+        if let Some(slot) = self.by_code.get(code as usize) {
+            slot.get_or_init(|| {
+                self.registry.counter(
+                    "grpc_requests_total",
+                    &[("method", &self.method), ("code", name)],
+                )
+            })
+            .increment(1);
+        }
+        self.duration.record(elapsed.as_secs_f64());
     }
 }
 

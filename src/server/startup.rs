@@ -277,7 +277,9 @@ impl Application {
             .layer(AuthLayer {
                 auth: core.auth.clone(),
                 audit: Some(core.audit.clone()),
-                metrics: Some(core.metrics.clone()),
+                metrics: Some(Arc::new(super::metrics::CallMetrics::new(
+                    core.metrics.clone(),
+                ))),
             })
             .layer(limits_layer)
             .add_service(health_service)

@@ -84,7 +84,7 @@ fn scope_of(path: &str) -> Scope {
 
 /// Calls `path` with `body` as `token` (None: no credentials); the status code, `Ok` when the
 /// call succeeded.
-async fn call(
+pub(crate) async fn call(
     channel: &GrpcChannel,
     path: &str,
     streaming: bool,
@@ -146,7 +146,7 @@ impl Principals {
     }
 }
 
-async fn channel(app: &TestApp) -> GrpcChannel {
+pub(crate) async fn channel(app: &TestApp) -> GrpcChannel {
     Endpoint::from_shared(format!("http://{}", app.addr))
         .expect("endpoint")
         .connect()

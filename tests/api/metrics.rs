@@ -115,3 +115,23 @@ async fn request_counter_rises_by_exactly_the_calls_made() {
             .any(|k| k.starts_with("grpc_requests_in_flight"))
     );
 }
+
+#[tokio::test]
+async fn calls_to_made_up_methods_share_one_label() {
+    // The method label comes from the server's own method table, not from the path a client
+    // sends: otherwise every made-up path would add series to the registry for good.
+    let app = TestApp::spawn().await;
+    let ch = crate::auth::channel(&app).await;
+    let before = parse(&scrape(&app).await);
+    let base = requests(&before, "unknown", "PERMISSION_DENIED");
+    for i in 0..5 {
+        let path = format!("/customer_profile.v1.ProfileService/NoSuchMethod{i}");
+        let code = crate::auth::call(&ch, &path, false, None, Vec::new()).await;
+        // No entry in the access table: refused before routing.
+        assert_eq!(code, tonic::Code::PermissionDenied, "{path}");
+    }
+    let text = scrape(&app).await;
+    assert!(!text.contains("NoSuchMethod"), "a made-up path became a label");
+    let after = parse(&text);
+    assert_eq!(requests(&after, "unknown", "PERMISSION_DENIED") - base, 5.0);
+}

@@ -10,6 +10,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[path = "../loadgen/driver.rs"]
 mod driver;
+#[path = "../loadgen/lean.rs"]
+mod lean;
 #[path = "../loadgen/seed.rs"]
 mod seed;
 #[path = "../loadgen/workload.rs"]
@@ -112,6 +114,11 @@ struct RunArgs {
     /// many milliseconds, and report how long after the run's end that streak began.
     #[arg(long)]
     recovery_probe_ms: Option<f64>,
+    /// Open loop: send through the lean HTTP/2 client (pre-encoded requests, status read from
+    /// the headers, reply not decoded) instead of tonic's; get-by-id and echo only. It costs
+    /// the load generator much less per call, so one core can offer a flood's rate.
+    #[arg(long)]
+    lean: bool,
 }
 
 pub async fn connect(target: &str) -> anyhow::Result<Channel> {
@@ -151,10 +158,26 @@ async fn run(a: RunArgs) -> anyhow::Result<bool> {
             .recovery_probe_ms
             .map(|ms| Duration::from_secs_f64(ms / 1000.0)),
     };
-    let report = match a.rate {
-        Some(rate) => driver::open_loop(w, &channels, &plan, &a.target, rate).await?,
+    let lean = match (a.lean, a.rate) {
+        (false, _) => None,
+        (true, None) => bail!("--lean is for open-loop runs (give --rate)"),
+        (true, Some(_)) => {
+            let calls = lean::LeanCalls::of(&w, &a.target)?.ok_or_else(|| {
+                anyhow::anyhow!("--lean speaks get-by-id and echo only, not this scenario")
+            })?;
+            let mut conns = Vec::with_capacity(connections);
+            for _ in 0..connections {
+                conns.push(lean::connect(&a.target).await?);
+            }
+            Some((calls, conns))
+        }
+    };
+    let client = if lean.is_some() { "lean-h2" } else { "tonic" };
+    let mut report = match a.rate {
+        Some(rate) => driver::open_loop(w, &channels, &plan, &a.target, rate, lean).await?,
         None => driver::closed_loop(w, &channels, &plan, &a.target).await?,
     };
+    report.client = client;
     println!("{}", report.summary());
     for (code, msg) in &report.error_samples {
         eprintln!("loadgen: {code}: {msg}");

@@ -3,6 +3,7 @@
 //! stalled server cannot hide its stall: coordinated omission corrected), into HDR histograms.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -13,6 +14,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 use tonic::transport::Channel;
 
+use super::lean::{LeanCalls, LeanConn};
 use super::workload::{Clients, Outcome, Rng, Workload};
 
 /// How a run is driven.
@@ -148,6 +150,8 @@ pub struct Recovery {
 pub struct Report {
     pub scenario: String,
     pub mode: &'static str,
+    /// The client library the calls went through: `tonic`, or `lean-h2` (`--lean`).
+    pub client: &'static str,
     pub target: String,
     pub concurrency: usize,
     pub connections: usize,
@@ -254,6 +258,7 @@ fn report(
         } else {
             "closed"
         },
+        client: "tonic",
         target: target.to_string(),
         concurrency: plan.concurrency,
         connections,
@@ -368,20 +373,68 @@ async fn wait_until(at: Instant) {
 /// `concurrency` in flight; when that many are outstanding the next waits, and its wait counts
 /// as latency because latency is measured from the due time). The calls in flight are futures
 /// polled by the same task (no task or channel per call): the load generator's own cost per
-/// call is what limits the rate it can offer, so it is kept to the call itself.
+/// call is what limits the rate it can offer, so it is kept to the call itself. With `lean`,
+/// calls go through the lean HTTP/2 client ([`super::lean`]) instead of tonic's.
 pub async fn open_loop(
     w: Arc<Workload>,
     channels: &[Channel],
     plan: &Plan,
     target: &str,
     rate: f64,
+    lean: Option<(LeanCalls, Vec<LeanConn>)>,
 ) -> anyhow::Result<Report> {
+    let clients: Arc<[Clients]> = channels.iter().cloned().map(Clients::new).collect();
+    let connections = channels.len();
+    match lean {
+        Some((calls, conns)) => {
+            let calls = Arc::new(calls);
+            let conns: Arc<[LeanConn]> = conns.into();
+            let connections = conns.len();
+            schedule(&w, &clients, plan, target, rate, connections, move |k| {
+                let calls = calls.clone();
+                let conns = conns.clone();
+                async move {
+                    let body = calls.body(k);
+                    calls.call(&conns[k as usize % conns.len()], body).await
+                }
+            })
+            .await
+        }
+        None => {
+            let send_clients = clients.clone();
+            let sender = w.clone();
+            schedule(&w, &clients, plan, target, rate, connections, move |k| {
+                let mut c = send_clients[k as usize % send_clients.len()].clone();
+                let w = sender.clone();
+                async move {
+                    let mut rng = Rng::new(k.wrapping_mul(0x2545_F491_4F6C_DD1D) + 1);
+                    w.call(&mut c, &mut rng, usize::MAX, k).await
+                }
+            })
+            .await
+        }
+    }
+}
+
+/// The open loop's schedule, sending call k with `send(k)`.
+async fn schedule<F, Fut>(
+    w: &Arc<Workload>,
+    clients: &[Clients],
+    plan: &Plan,
+    target: &str,
+    rate: f64,
+    connections: usize,
+    send: F,
+) -> anyhow::Result<Report>
+where
+    F: Fn(u64) -> Fut,
+    Fut: Future<Output = Outcome>,
+{
     let interval = Duration::from_secs_f64(1.0 / rate.max(0.001));
     let start = Instant::now() + Duration::from_millis(10);
     let warm_end = start + plan.warmup;
     let end = warm_end + plan.duration;
     let cap = plan.concurrency.max(1);
-    let clients: Vec<Clients> = channels.iter().cloned().map(Clients::new).collect();
     let mut tally = Tally::new(plan.shed_ok)?;
     let mut inflight = FuturesUnordered::new();
     let mut k: u64 = 0;
@@ -420,13 +473,10 @@ pub async fn open_loop(
                 open.sent_on_time += 1;
             }
         }
-        let mut c = clients[(k as usize) % clients.len()].clone();
-        let w = w.clone();
         let counted = due >= warm_end;
-        let seq = k;
+        let call = send(k);
         inflight.push(async move {
-            let mut rng = Rng::new(seq.wrapping_mul(0x2545_F491_4F6C_DD1D) + 1);
-            let outcome = w.call(&mut c, &mut rng, usize::MAX, seq).await;
+            let outcome = call.await;
             let now = Instant::now();
             Done {
                 outcome,
@@ -451,17 +501,16 @@ pub async fn open_loop(
     match plan.recovery_latency {
         Some(threshold) => {
             let since = end.max(Instant::now());
-            let ((), recovery) =
-                tokio::join!(drain, recovery_probe(&w, &clients, since, threshold));
+            let ((), recovery) = tokio::join!(drain, recovery_probe(w, clients, since, threshold));
             open.recovery = Some(recovery);
         }
         None => drain.await,
     }
     Ok(report(
-        &w,
+        w,
         plan,
         target,
-        channels.len(),
+        connections,
         tally,
         plan.duration,
         Some(open),

@@ -154,6 +154,14 @@ fn by_id(id: &str) -> Option<pb::ProfileRef> {
     })
 }
 
+/// GetProfile of the customer with profile id `id`.
+pub fn get_by_id_request(id: &str) -> pb::GetProfileRequest {
+    pb::GetProfileRequest {
+        profile: by_id(id),
+        ..Default::default()
+    }
+}
+
 fn by_identifier(id: pb::Identifier) -> Option<pb::ProfileRef> {
     Some(pb::ProfileRef {
         r#ref: Some(pb::profile_ref::Ref::Identifier(id)),
@@ -217,14 +225,7 @@ impl Workload {
         match scenario {
             Scenario::GetById | Scenario::Mix => {
                 let id = Self::pick(&self.profile_ids, rng);
-                done(
-                    c.profile
-                        .get_profile(pb::GetProfileRequest {
-                            profile: by_id(id),
-                            ..Default::default()
-                        })
-                        .await,
-                )
+                done(c.profile.get_profile(get_by_id_request(id)).await)
             }
             Scenario::GetByEmail => {
                 let email = Self::pick(&self.emails, rng);
