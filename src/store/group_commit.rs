@@ -54,6 +54,7 @@ impl GroupCommit {
         log_file: File,
         dirs: DirSync,
         start: Durable,
+        apply: Apply,
     ) -> std::io::Result<Self> {
         let (tx, _) = watch::channel(start.clone());
         let shared = Arc::new(Shared {
@@ -68,7 +69,7 @@ impl GroupCommit {
         let worker = shared.clone();
         let thread = std::thread::Builder::new()
             .name("group-commit".into())
-            .spawn(move || run(worker, db, log_file, dirs))?;
+            .spawn(move || run(worker, db, log_file, dirs, apply))?;
         Ok(GroupCommit {
             shared,
             thread: Mutex::new(Some(thread)),
@@ -143,7 +144,10 @@ impl Drop for GroupCommit {
     }
 }
 
-fn run(shared: Arc<Shared>, db: sled::Db, log_file: File, mut dirs: DirSync) {
+/// Puts the commits made so far into sled's log; called before each flush.
+pub type Apply = Box<dyn FnMut() -> Result<(), String> + Send>;
+
+fn run(shared: Arc<Shared>, db: sled::Db, log_file: File, mut dirs: DirSync, mut apply: Apply) {
     // Commits the last flush made durable: more than one means writers are concurrent.
     let mut last_batch = 0u64;
     loop {
@@ -172,11 +176,14 @@ fn run(shared: Arc<Shared>, db: sled::Db, log_file: File, mut dirs: DirSync) {
             return;
         };
         let started = std::time::Instant::now();
-        let result = db
-            .flush()
-            .map_err(|e| match e {
-                sled::Error::Io(io) => super::space::flush_failure(&io),
-                other => other.to_string(),
+        // Every commit up to `commit` was gathered before it was requested, so applying now
+        // puts at least those in the log this flush writes.
+        let result = apply()
+            .and_then(|_| {
+                db.flush().map_err(|e| match e {
+                    sled::Error::Io(io) => super::space::flush_failure(&io),
+                    other => other.to_string(),
+                })
             })
             .and_then(|_| {
                 log_file

@@ -131,7 +131,10 @@ async fn calls_to_made_up_methods_share_one_label() {
         assert_eq!(code, tonic::Code::PermissionDenied, "{path}");
     }
     let text = scrape(&app).await;
-    assert!(!text.contains("NoSuchMethod"), "a made-up path became a label");
+    assert!(
+        !text.contains("NoSuchMethod"),
+        "a made-up path became a label"
+    );
     let after = parse(&text);
     assert_eq!(requests(&after, "unknown", "PERMISSION_DENIED") - base, 5.0);
 }
