@@ -1,8 +1,8 @@
 //! Group commit: one thread makes commits durable, many writers share each flush.
 //!
-//! A writer commits its transaction (in memory, in sled's log buffer), asks for durability up
-//! to its commit number and waits. The flusher takes the highest number asked for, flushes
-//! sled's log, then fdatasyncs the log file itself: sled 0.34 writes with `sync_file_range`
+//! A writer commits its transaction (into the store's overlay of commits not yet in sled), asks
+//! for durability up to its commit number and waits. The flusher takes the highest number asked
+//! for, applies the gathered commits to sled as one transaction, flushes sled's log, then fdatasyncs the log file itself: sled 0.34 writes with `sync_file_range`
 //! (sled issue #1452), which does not empty a volatile disk write cache. Everything committed
 //! before the flush started is then durable, so every writer waiting on a number up to the
 //! target is released by that one flush. Before releasing them it also fsyncs what sled

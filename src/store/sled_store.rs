@@ -2,9 +2,11 @@
 //!
 //! Writes are serialized by one writer lock. A write runs the caller's rules against a
 //! [`Pending`] write set that overlays committed data (so reads, scans included, see the
-//! transaction's own writes), then applies the whole set in one multi-tree sled transaction —
-//! atomic on crash — and hands the commit to group commit for durability. Readers take a
-//! shared lock that the apply step takes exclusively, so a read never sees half a commit.
+//! transaction's own writes), then merges the whole set into the [`Overlay`] of commits not yet
+//! in sled and hands the commit to group commit for durability; the flusher applies everything
+//! gathered as one multi-tree sled transaction (atomic on crash) before each flush. Readers
+//! take a shared lock that the merge and the apply take exclusively, so a read never sees half
+//! a commit.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -89,7 +91,6 @@ struct WriterState {
 /// write is acknowledged before it is applied and flushed. Readers hold the lock's shared side
 /// for a whole read, and commits and the apply take the exclusive side, so a reader sees whole
 /// commits only.
-#[derive(Default)]
 struct Overlay {
     /// What reads see, per tree: the values as written (`None`: deleted).
     plain: Vec<BTreeMap<Vec<u8>, Option<Vec<u8>>>>,
@@ -119,7 +120,20 @@ fn apply_overlay(
     lock: &RwLock<Overlay>,
     data_keys: &RwLock<HashMap<[u8; 16], Key>>,
 ) -> std::result::Result<(), String> {
-    let mut ov = lock.write();
+    // Nothing gathered (the last flush or a backup applied it): no need to queue for the
+    // exclusive side behind long readers.
+    if lock.read_recursive().commits == 0 {
+        return Ok(());
+    }
+    apply_gathered(trees, &mut lock.write(), data_keys)
+}
+
+/// [`apply_overlay`] with the exclusive side already held.
+fn apply_gathered(
+    trees: &[sled::Tree],
+    ov: &mut Overlay,
+    data_keys: &RwLock<HashMap<[u8; 16], Key>>,
+) -> std::result::Result<(), String> {
     if ov.commits == 0 {
         return Ok(());
     }
@@ -456,12 +470,10 @@ impl SledStore {
 
     /// The data key of a profile, if it has one (committed).
     fn data_key(&self, profile: [u8; 16]) -> Result<Option<Key>> {
-        if self
-            .commit_lock
-            .read_recursive()
-            .dropped_keys
-            .contains(&profile)
-        {
+        // Held throughout, so no commit can delete the key between the check and the cache
+        // insert below (which would keep a deleted key for good).
+        let ov = self.commit_lock.read_recursive();
+        if ov.dropped_keys.contains(&profile) {
             return Ok(None);
         }
         if let Some(k) = self.data_keys.read().get(&profile) {
@@ -651,10 +663,15 @@ const BACKUP_END: u8 = 0xFF;
 impl SledStore {
     /// Writes a consistent snapshot of every tree to `sink` (values as stored, so encrypted
     /// ones stay encrypted), ending with the record count and a SHA-256 of everything before
-    /// it. Commits wait while it runs; reads do not.
+    /// it. Commits wait while it runs. The commits gathered so far are applied first, so their
+    /// flush does not wait for the backup, and the backup holds everything committed before it.
     pub fn backup(&self, sink: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<u64> {
         use sha2::{Digest, Sha256};
-        let _snapshot = self.commit_lock.read();
+        let _snapshot = {
+            let mut ov = self.commit_lock.write();
+            apply_gathered(&self.trees, &mut ov, &self.data_keys).map_err(Error::Unavailable)?;
+            parking_lot::RwLockWriteGuard::downgrade(ov)
+        };
         let mut hash = Sha256::new();
         let mut emit = |bytes: &[u8], hash: &mut Sha256| -> Result<()> {
             hash.update(bytes);
@@ -1780,6 +1797,13 @@ impl Store for SledStore {
     fn close(&self) -> Result<()> {
         self.writer.lock().closed = true;
         self.group.stop();
+        // After a storage fault nothing more is flushed: the commits that failed to apply or
+        // flush were never acknowledged, and one that failed to apply may be half in sled.
+        if let Some(fault) = &self.group.subscribe().borrow().fault {
+            return Err(Error::Unavailable(format!(
+                "the store hit a storage fault and its last commits were not made durable: {fault}"
+            )));
+        }
         self.db.flush().map_err(sled_err)?;
         let durable = self.group.subscribe().borrow().change_seq;
         self.marker.close(durable)
@@ -2257,10 +2281,12 @@ mod tests {
     }
 
     proptest! {
-        /// The write set's range scans equal a plain ordered map with the writes applied.
+        /// The write set's range scans equal a plain ordered map with every layer applied in
+        /// order: sled, the commits gathered in the overlay (not yet applied), the write set.
         #[test]
         fn pending_range_equals_a_map_with_the_writes_applied(
             committed in proptest::collection::btree_map(0u8..40, 0u8..5, 0..30),
+            gathered in proptest::collection::vec((0u8..40, proptest::option::of(0u8..5)), 0..30),
             writes in proptest::collection::vec((0u8..40, proptest::option::of(0u8..5)), 0..30),
             lo in 0u8..40, span in 0u8..45, rev: bool, limit in 0usize..12,
         ) {
@@ -2271,6 +2297,20 @@ mod tests {
                 tree.insert([*k], &[*v]).map_err(|e| TestCaseError::fail(e.to_string()))?;
             }
             let mut model: BTreeMap<u8, u8> = committed.clone();
+            // Opening writes (the idempotency-mentions mark): apply it first, so the flusher
+            // never clears the layer set up below.
+            apply_overlay(&store.trees, &store.commit_lock, &store.data_keys).map_err(TestCaseError::fail)?;
+            {
+                // Gathered but not counted as a commit, so the flusher never applies it.
+                let mut ov = store.commit_lock.write();
+                for (k, v) in &gathered {
+                    ov.plain[TreeName::Changes.index()].insert(vec![*k], v.map(|v| vec![v]));
+                    match v {
+                        Some(v) => { model.insert(*k, *v); }
+                        None => { model.remove(k); }
+                    }
+                }
+            }
             let mut p = Pending { store: &store, writes: vec![BTreeMap::new(); TreeName::ALL.len()], change_seq: 0, write_seq: 0, dropped_keys: Vec::new(), undo: None };
             for (k, v) in &writes {
                 match v {

@@ -392,7 +392,7 @@ async fn running_out_of_space_inside_a_flush_faults_the_store_and_a_restart_reco
         .await
         .expect_err("a faulted store stays faulted until restarted");
     assert_eq!(still.code(), Code::Unavailable, "{still:?}");
-    // The final flush of a faulted store fails too, and stop says so.
+    // A faulted store flushes nothing more at stop, and stop says why.
     let stopped = node.server.take().expect("running").stop().await;
     assert!(stopped.is_err(), "stop reports the failed final flush");
 
