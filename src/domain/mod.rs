@@ -20,3 +20,4 @@ pub mod summary;
 pub mod time;
 pub mod timeline;
 pub mod tree;
+pub mod view_cache;

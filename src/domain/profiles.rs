@@ -82,14 +82,101 @@ pub fn summary_view(
     now: Timestamp,
 ) -> Result<SummaryView> {
     let s = super::summary::combined(view, members.iter().map(|m| m.id), policy)?;
-    Ok(SummaryView {
+    Ok(summary_at(s, policy, now))
+}
+
+/// Everything a read of a profile shows that does not depend on the time of the read: what
+/// the view cache keeps (`domain::view_cache`). Consents are kept as records (which are in
+/// force depends on the time) and the summary unevaluated (its scores decay).
+#[derive(Debug, Clone)]
+pub struct TreeSnapshot {
+    /// Every member of the merge tree, root first.
+    members: Vec<ProfileRecord>,
+    /// Identifiers of the whole tree, in the order reads show them.
+    identifiers: Vec<IdentifierLink>,
+    /// Winning attribute values of the whole tree (cleared values left out).
+    attributes: AttrMap,
+    /// Every consent record of the tree.
+    consents: Consents,
+    /// Preferences in force, if ever set.
+    preferences: Option<Preferences>,
+    /// The combined summary of the tree.
+    summary: Summary,
+}
+
+impl TreeSnapshot {
+    /// Loads every part of the profile `key` names.
+    pub fn load(view: &dyn ReadView, key: &ProfileKey, rules: &Rules) -> Result<TreeSnapshot> {
+        let root = find_root(view, key)?;
+        let members = members(view, &root)?;
+        let tree = MergeTree::load(view, &root)?;
+        let preferences = preferences_of(view, &tree)?;
+        let consents = Consents::load(view, tree)?;
+        let summary = super::summary::combined(view, members.iter().map(|m| m.id), &rules.summary)?;
+        let mut identifiers = tree_identifiers(view, &members)?;
+        identifiers.sort_by(|a, b| (a.linked_at, &a.identifier).cmp(&(b.linked_at, &b.identifier)));
+        let mut attributes = combine(members.iter().map(|m| &m.attributes));
+        attributes.retain(|_, v| v.value.is_some());
+        Ok(TreeSnapshot {
+            members,
+            identifiers,
+            attributes,
+            consents,
+            preferences,
+            summary,
+        })
+    }
+
+    /// The live (root) record.
+    pub fn root(&self) -> &ProfileRecord {
+        &self.members[0]
+    }
+
+    /// Ids of every member, root first: a write to any of them changes what this shows.
+    pub fn member_ids(&self) -> impl Iterator<Item = super::ids::ProfileId> + '_ {
+        self.members.iter().map(|m| m.id)
+    }
+
+    /// The view at `now` with the optional `parts` asked for: what [`view_profile`] returns
+    /// over the same data.
+    pub fn view(&self, parts: Parts, rules: &Rules, now: Timestamp) -> ProfileView {
+        let policy = &rules.summary;
+        ProfileView {
+            root: self.root().clone(),
+            merged_ids: self.members.iter().skip(1).map(|m| m.id).collect(),
+            identifiers: if parts.identifiers {
+                self.identifiers.clone()
+            } else {
+                Vec::new()
+            },
+            attributes: self.attributes.clone(),
+            consents: if parts.consents {
+                self.consents.effective(now)
+            } else {
+                Vec::new()
+            },
+            preferences: if parts.preferences {
+                self.preferences.clone()
+            } else {
+                None
+            },
+            summary: parts
+                .summary
+                .then(|| summary_at(self.summary.clone(), policy, now)),
+        }
+    }
+}
+
+/// A combined summary with its scores evaluated at `now`.
+fn summary_at(s: Summary, policy: &SummaryPolicy, now: Timestamp) -> SummaryView {
+    SummaryView {
         engagement: s.engagement.at(now, policy.engagement_half_life),
         pressure: s.pressure.at(now, policy.pressure_half_life),
         summary: s,
         as_of: now,
         engagement_half_life: policy.engagement_half_life,
         pressure_half_life: policy.pressure_half_life,
-    })
+    }
 }
 
 /// Reads the view of the profile `key` names, loading the optional `parts` asked for.

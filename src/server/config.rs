@@ -330,6 +330,9 @@ pub struct StorageConfig {
     /// that one flush makes more writes durable, microseconds; 0 disables. A lone writer is
     /// never delayed.
     pub group_commit_delay_us: u64,
+    /// Profiles kept loaded between reads (GetProfile, BatchGetProfiles); every commit drops
+    /// those it changed. About 4 KiB each with a few interactions' summary; 0 disables.
+    pub view_cache_entries: usize,
 }
 
 impl Default for StorageConfig {
@@ -338,6 +341,7 @@ impl Default for StorageConfig {
             cache_capacity_mb: 256,
             min_free_mb: 64,
             group_commit_delay_us: 1000,
+            view_cache_entries: 20_000,
         }
     }
 }

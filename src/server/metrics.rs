@@ -8,6 +8,7 @@ use std::time::Duration;
 use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
+use crate::domain::view_cache::ViewCache;
 use crate::store::Store;
 
 const META: Metadata<'static> = Metadata::new("customer_profile", metrics::Level::INFO, None);
@@ -74,7 +75,13 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition, with store gauges sampled now.
-    pub fn render(&self, store: &dyn Store) -> String {
+    pub fn render(&self, store: &dyn Store, views: &ViewCache) -> String {
+        self.counter("view_cache_hits_total", &[])
+            .absolute(views.hits());
+        self.counter("view_cache_misses_total", &[])
+            .absolute(views.misses());
+        self.gauge("view_cache_entries", &[])
+            .set(views.len() as f64);
         let stats = store.stats();
         self.gauge("store_size_on_disk_bytes", &[])
             .set(stats.size_on_disk as f64);
@@ -180,6 +187,7 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
     store: Arc<dyn Store>,
+    views: Arc<ViewCache>,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     use axum::routing::get;
@@ -188,13 +196,14 @@ pub async fn serve(
         get(move || {
             let metrics = metrics.clone();
             let store = store.clone();
+            let views = views.clone();
             async move {
                 (
                     [(
                         axum::http::header::CONTENT_TYPE,
                         "text/plain; version=0.0.4; charset=utf-8",
                     )],
-                    metrics.render(&*store),
+                    metrics.render(&*store, &views),
                 )
             }
         }),

@@ -19,6 +19,7 @@ use super::metrics::{self, Metrics};
 use crate::audit::AuditLog;
 use crate::auth::layer::AuthLayer;
 use crate::domain::time::Clock;
+use crate::domain::view_cache::ViewCache;
 use crate::service::pb::admin_service_server::AdminServiceServer;
 use crate::service::pb::consent_service_server::ConsentServiceServer;
 use crate::service::pb::contact_service_server::ContactServiceServer;
@@ -119,7 +120,13 @@ impl Application {
             None => None,
         };
         let (shutdown, shutdown_rx) = watch::channel(false);
+        let views = Arc::new(ViewCache::new(config.storage.view_cache_entries));
+        {
+            let views = views.clone();
+            store.on_commit(Box::new(move |touched| views.invalidate(touched)));
+        }
         let core = Arc::new(Core {
+            views,
             metrics: Arc::new(Metrics::new()),
             store: store.clone(),
             audit: audit.clone(),
@@ -229,6 +236,7 @@ impl Application {
                 l,
                 core.metrics.clone(),
                 core.store.clone(),
+                core.views.clone(),
                 async move {
                     let _ = stop.wait_for(|s| *s).await;
                 },

@@ -104,6 +104,8 @@ impl Caller {
 pub struct Core {
     /// The store.
     pub store: Arc<dyn Store>,
+    /// Profiles kept loaded between reads (the store drops what each commit changes).
+    pub views: Arc<crate::domain::view_cache::ViewCache>,
     /// The audit log.
     pub audit: Arc<AuditLog>,
     /// Prometheus metrics.

@@ -25,6 +25,7 @@ pub use sled_store::{SledStore, StoreOptions};
 use crate::domain::ports::{ReadView, WriteTx};
 use crate::domain::profile::ChangeEvent;
 use crate::domain::time::Timestamp;
+pub use crate::domain::view_cache::Touched;
 use crate::error::{Error, Result};
 
 /// Identifies a committed write; wait on it with [`Store::durable`].
@@ -61,7 +62,14 @@ pub trait Store: Send + Sync + 'static {
     /// Writers queue here asynchronously before [`Store::write`], so a writer waiting its
     /// turn never blocks a runtime thread (readers, metrics and health keep being served).
     fn write_gate(&self) -> &tokio::sync::Mutex<()>;
+    /// Calls `hook` inside every later commit, before any reader can see it, with what the
+    /// commit wrote (caches of loaded profiles drop what it changed). Not called for a commit
+    /// that wrote nothing. The hook must not read or write the store.
+    fn on_commit(&self, hook: CommitHook);
 }
+
+/// See [`Store::on_commit`].
+pub type CommitHook = Box<dyn Fn(Touched<'_>) + Send + Sync>;
 
 /// Store figures for metrics.
 #[derive(Debug, Clone, Copy, Default)]

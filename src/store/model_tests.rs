@@ -25,6 +25,7 @@ use crate::domain::rules::Rules;
 use crate::domain::summary::Summary;
 use crate::domain::time::{Duration, Timestamp};
 use crate::domain::timeline;
+use crate::domain::view_cache::ViewCache;
 use crate::error::Result;
 
 #[derive(Debug, Clone)]
@@ -102,11 +103,19 @@ fn run(ops: Vec<Op>) -> Result<()> {
     })?);
     let policy = IdentityPolicy::default();
     let rules = Rules::default();
+    // A small view cache, so that reads hit, miss and evict; after every step each profile
+    // read through it must equal one loaded from the store.
+    let views = Arc::new(ViewCache::new(3));
+    {
+        let views = views.clone();
+        store.on_commit(Box::new(move |t| views.invalidate(t)));
+    }
     let mut m = Model::default();
     let mut now = Timestamp(1_700_000_000_000_000);
     let mut writes = 0usize;
     for op in ops {
         now = now.plus_secs(1);
+        check_cached(&*store, &views, &m, &rules, now)?;
         let live: Vec<ProfileId> = m
             .created
             .iter()
@@ -222,7 +231,39 @@ fn run(ops: Vec<Op>) -> Result<()> {
             _ => {}
         }
     }
+    check_cached(&*store, &views, &m, &rules, now)?;
     check(&*store, &m, &rules, now)
+}
+
+/// Every profile, by id and by each e-mail, read through `views` equals the view loaded from
+/// the store (a commit that left a changed profile in the cache fails this at the next step).
+fn check_cached(
+    store: &dyn Store,
+    views: &ViewCache,
+    m: &Model,
+    rules: &Rules,
+    now: Timestamp,
+) -> Result<()> {
+    let keys = m.created.iter().map(|(p, _)| ProfileKey::Id(*p)).chain(
+        m.emails
+            .iter()
+            .map(|(_, i)| ProfileKey::Identifier(i.clone())),
+    );
+    for key in keys {
+        store.read_with(|view| {
+            let fresh = profiles::view_profile(view, &key, Parts::ALL, rules, now);
+            let cached = views
+                .snapshot(view, &key, rules)
+                .map(|s| s.view(Parts::ALL, rules, now));
+            assert_eq!(
+                format!("{cached:?}"),
+                format!("{fresh:?}"),
+                "{key:?} read through the view cache"
+            );
+            Ok(())
+        })?;
+    }
+    Ok(())
 }
 
 /// A varied interaction: channel, direction, type, case, amount and purpose from `shape`.

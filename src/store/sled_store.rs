@@ -239,6 +239,8 @@ pub struct SledStore {
     space: SpaceGuard,
     /// Keeps `store.mark` following durability (detects a log that lost durable data).
     marker: Marker,
+    /// Told what each commit wrote ([`Store::on_commit`]).
+    hooks: RwLock<Vec<super::CommitHook>>,
 }
 
 /// How a tree's values are sealed.
@@ -275,6 +277,73 @@ fn sealing(t: TreeName) -> Sealing {
         | TreeName::InteractionIndex
         | TreeName::Erased
         | TreeName::DataKeys => Sealing::Plain,
+    }
+}
+
+/// Whether every key of a tree starts with the id of the profile whose value it is, and
+/// `None` for the trees whose writes a profile read never shows. `Some(false)`: the tree holds
+/// something profile reads show under keys that name no profile (merge records).
+fn keyed_by_profile(t: TreeName) -> Option<bool> {
+    match t {
+        TreeName::Profiles
+        | TreeName::ProfileIdentifiers
+        | TreeName::ProfileMerges
+        | TreeName::AttributeHistory
+        | TreeName::ProfileInteractions
+        | TreeName::Consents
+        | TreeName::Preferences
+        | TreeName::Summaries
+        | TreeName::SentMessages
+        | TreeName::SegmentTerms
+        | TreeName::Erased
+        | TreeName::DataKeys => Some(true),
+        TreeName::Merges => Some(false),
+        TreeName::Meta
+        | TreeName::IdentifierToProfile
+        | TreeName::Idempotency
+        | TreeName::IdempotencyExpiry
+        | TreeName::IdempotencyMentions
+        | TreeName::Changes
+        | TreeName::SegmentIndex
+        | TreeName::InteractionIndex => None,
+    }
+}
+
+/// Tells `hooks` what `writes` (one commit's, per tree) wrote.
+fn tell_hooks(hooks: &[super::CommitHook], writes: &[BTreeMap<Vec<u8>, Option<Vec<u8>>>]) {
+    if hooks.is_empty() {
+        return;
+    }
+    let mut profiles: Vec<ProfileId> = Vec::new();
+    let mut everything = false;
+    for t in TreeName::ALL {
+        let w = &writes[t.index()];
+        if w.is_empty() {
+            continue;
+        }
+        match keyed_by_profile(t) {
+            None => {}
+            Some(false) => everything = true,
+            Some(true) => {
+                for k in w.keys() {
+                    match k.get(..16).and_then(|p| <[u8; 16]>::try_from(p).ok()) {
+                        Some(p) => profiles.push(ProfileId::from_bytes(p)),
+                        // Cannot be attributed: be safe.
+                        None => everything = true,
+                    }
+                }
+            }
+        }
+    }
+    let touched = if everything {
+        super::Touched::Everything
+    } else {
+        profiles.sort_unstable();
+        profiles.dedup();
+        super::Touched::Profiles(&profiles)
+    };
+    for h in hooks {
+        h(touched);
     }
 }
 
@@ -465,6 +534,7 @@ impl SledStore {
             data_keys,
             space: SpaceGuard::new(opts.path.clone(), opts.min_free_mb),
             marker,
+            hooks: RwLock::new(Vec::new()),
         })
     }
 
@@ -624,6 +694,7 @@ impl SledStore {
         {
             let mut ov = self.commit_lock.write();
             let ov = &mut *ov;
+            tell_hooks(&self.hooks.read(), &writes);
             for (mine, gathered) in writes.into_iter().zip(ov.plain.iter_mut()) {
                 gathered.extend(mine);
             }
@@ -1685,6 +1756,10 @@ const PRUNE_BATCH: usize = 1000;
 impl Store for SledStore {
     fn write_gate(&self) -> &tokio::sync::Mutex<()> {
         &self.gate
+    }
+
+    fn on_commit(&self, hook: super::CommitHook) {
+        self.hooks.write().push(hook);
     }
 
     fn stats(&self) -> super::StoreStats {
