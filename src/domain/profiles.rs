@@ -14,18 +14,19 @@ use super::time::Duration;
 use super::time::Timestamp;
 use super::tree::MergeTree;
 use crate::error::{Error, Result};
+use std::sync::Arc;
 
 /// A live profile as its readers see it.
 #[derive(Debug, Clone)]
 pub struct ProfileView {
     /// The live (root) record.
-    pub root: ProfileRecord,
+    pub root: Arc<ProfileRecord>,
     /// Ids merged into it (every non-root member).
     pub merged_ids: Vec<super::ids::ProfileId>,
     /// Identifiers of the whole tree (empty unless asked for).
-    pub identifiers: Vec<IdentifierLink>,
+    pub identifiers: Arc<Vec<IdentifierLink>>,
     /// Winning attribute values of the whole tree (cleared values left out).
-    pub attributes: AttrMap,
+    pub attributes: Arc<AttrMap>,
     /// Consent in force per purpose × channel (empty unless asked for).
     pub consents: Vec<(Purpose, Channel, ConsentState)>,
     /// Preferences in force (unless not asked for or never set).
@@ -38,7 +39,7 @@ pub struct ProfileView {
 #[derive(Debug, Clone)]
 pub struct SummaryView {
     /// The combined summary of the tree.
-    pub summary: Summary,
+    pub summary: Arc<Summary>,
     /// Engagement at `as_of`.
     pub engagement: f64,
     /// Contact pressure at `as_of`.
@@ -82,7 +83,7 @@ pub fn summary_view(
     now: Timestamp,
 ) -> Result<SummaryView> {
     let s = super::summary::combined(view, members.iter().map(|m| m.id), policy)?;
-    Ok(summary_at(s, policy, now))
+    Ok(summary_at(Arc::new(s), policy, now))
 }
 
 /// Everything a read of a profile shows that does not depend on the time of the read: what
@@ -90,18 +91,20 @@ pub fn summary_view(
 /// force depends on the time) and the summary unevaluated (its scores decay).
 #[derive(Debug, Clone)]
 pub struct TreeSnapshot {
-    /// Every member of the merge tree, root first.
-    members: Vec<ProfileRecord>,
+    /// The root record (shared with every view made from this).
+    root: Arc<ProfileRecord>,
+    /// Ids of every member of the merge tree, root first.
+    members: Vec<super::ids::ProfileId>,
     /// Identifiers of the whole tree, in the order reads show them.
-    identifiers: Vec<IdentifierLink>,
+    identifiers: Arc<Vec<IdentifierLink>>,
     /// Winning attribute values of the whole tree (cleared values left out).
-    attributes: AttrMap,
+    attributes: Arc<AttrMap>,
     /// Every consent record of the tree.
     consents: Consents,
     /// Preferences in force, if ever set.
     preferences: Option<Preferences>,
     /// The combined summary of the tree.
-    summary: Summary,
+    summary: Arc<Summary>,
 }
 
 impl TreeSnapshot {
@@ -118,23 +121,24 @@ impl TreeSnapshot {
         let mut attributes = combine(members.iter().map(|m| &m.attributes));
         attributes.retain(|_, v| v.value.is_some());
         Ok(TreeSnapshot {
-            members,
-            identifiers,
-            attributes,
+            members: members.iter().map(|m| m.id).collect(),
+            root: Arc::new(root),
+            identifiers: Arc::new(identifiers),
+            attributes: Arc::new(attributes),
             consents,
             preferences,
-            summary,
+            summary: Arc::new(summary),
         })
     }
 
     /// The live (root) record.
     pub fn root(&self) -> &ProfileRecord {
-        &self.members[0]
+        &self.root
     }
 
     /// Ids of every member, root first: a write to any of them changes what this shows.
     pub fn member_ids(&self) -> impl Iterator<Item = super::ids::ProfileId> + '_ {
-        self.members.iter().map(|m| m.id)
+        self.members.iter().copied()
     }
 
     /// The view at `now` with the optional `parts` asked for: what [`view_profile`] returns
@@ -142,12 +146,12 @@ impl TreeSnapshot {
     pub fn view(&self, parts: Parts, rules: &Rules, now: Timestamp) -> ProfileView {
         let policy = &rules.summary;
         ProfileView {
-            root: self.root().clone(),
-            merged_ids: self.members.iter().skip(1).map(|m| m.id).collect(),
+            root: self.root.clone(),
+            merged_ids: self.members.iter().skip(1).copied().collect(),
             identifiers: if parts.identifiers {
                 self.identifiers.clone()
             } else {
-                Vec::new()
+                Arc::default()
             },
             attributes: self.attributes.clone(),
             consents: if parts.consents {
@@ -168,7 +172,7 @@ impl TreeSnapshot {
 }
 
 /// A combined summary with its scores evaluated at `now`.
-fn summary_at(s: Summary, policy: &SummaryPolicy, now: Timestamp) -> SummaryView {
+fn summary_at(s: Arc<Summary>, policy: &SummaryPolicy, now: Timestamp) -> SummaryView {
     SummaryView {
         engagement: s.engagement.at(now, policy.engagement_half_life),
         pressure: s.pressure.at(now, policy.pressure_half_life),
@@ -221,9 +225,9 @@ pub fn view_profile(
     attributes.retain(|_, v| v.value.is_some());
     Ok(ProfileView {
         merged_ids: ms.iter().skip(1).map(|m| m.id).collect(),
-        root,
-        identifiers,
-        attributes,
+        root: Arc::new(root),
+        identifiers: Arc::new(identifiers),
+        attributes: Arc::new(attributes),
         consents,
         preferences,
         summary,
