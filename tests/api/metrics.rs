@@ -3,6 +3,8 @@
 
 use std::collections::BTreeMap;
 
+use customer_profile::service::pb;
+
 use crate::helpers::*;
 
 async fn scrape(app: &TestApp) -> String {
@@ -137,4 +139,55 @@ async fn calls_to_made_up_methods_share_one_label() {
     );
     let after = parse(&text);
     assert_eq!(requests(&after, "unknown", "PERMISSION_DENIED") - base, 5.0);
+}
+
+fn total(m: &BTreeMap<String, f64>, name: &str) -> f64 {
+    m.iter()
+        .filter(|(k, _)| k.as_str() == name || k.starts_with(&format!("{name}{{")))
+        .map(|(_, v)| *v)
+        .sum()
+}
+
+/// Repeated reads of a profile are answered from the view cache, and a write to the profile
+/// makes the next read load it again and show the write (counted by the cache's metrics).
+#[tokio::test]
+async fn repeated_reads_hit_the_view_cache_and_a_write_makes_the_next_read_load_again() {
+    let app = TestApp::spawn().await;
+    let p = app.create(vec![new_email()]).await;
+    let before = parse(&scrape(&app).await);
+    let first = app.get(by_id(&p)).await;
+    for _ in 0..4 {
+        assert_eq!(app.get(by_id(&p)).await, first);
+    }
+    let mid = parse(&scrape(&app).await);
+    assert_eq!(
+        total(&mid, "view_cache_misses_total") - total(&before, "view_cache_misses_total"),
+        1.0
+    );
+    assert_eq!(
+        total(&mid, "view_cache_hits_total") - total(&before, "view_cache_hits_total"),
+        4.0
+    );
+    app.update(
+        by_id(&p),
+        pb::ProfileAttributes {
+            city: Some("Leeds".into()),
+            ..Default::default()
+        },
+        &["attributes.city"],
+        app.now(),
+    )
+    .await;
+    let after_write = app.get(by_id(&p)).await;
+    assert_eq!(after_write.version, first.version + 1);
+    assert_eq!(
+        after_write.attributes.and_then(|a| a.city).as_deref(),
+        Some("Leeds")
+    );
+    let after = parse(&scrape(&app).await);
+    assert_eq!(
+        total(&after, "view_cache_misses_total") - total(&mid, "view_cache_misses_total"),
+        1.0
+    );
+    assert!(total(&after, "view_cache_entries") >= 1.0);
 }
