@@ -240,6 +240,13 @@ def render(work, out):
                      "of its calls within 1 ms of their due time (one core, shared, cannot produce the rate); "
                      "calls it sent late count their lateness as latency, so the admitted p99 then "
                      "measures the load generator's backlog as much as the server.")
+    if flood and rps("echo") and (flood.get("offered_rps") or 0) > rps("echo"):
+        L.append(f"- The flood's schedule ({fmt(flood.get('offered_rps'))}/s) is above what the bare echo "
+                 f"server answers at most on the same core ({fmt(rps('echo'))}/s): every call, refused or "
+                 "served, is read, routed and answered over HTTP/2, so at this rate the server's core is "
+                 "saturated by the exchange alone, whatever the service does. Goal 8a then measures the "
+                 "machine more than the service; the faster GetProfile gets, the further 4× its maximum "
+                 "lies beyond that line.")
     L.append(f"- Errors in any run: {errors_total}. A run with errors is marked NOT A RESULT.")
     L.append("")
     (out / "RESULTS.md").write_text("\n".join(L))
