@@ -18,8 +18,9 @@ use parking_lot::Mutex;
 use super::identity::ProfileKey;
 use super::ids::ProfileId;
 use super::ports::ReadView;
-use super::profiles::TreeSnapshot;
+use super::profiles::{Parts, ProfileView, TreeSnapshot};
 use super::rules::Rules;
+use super::time::Timestamp;
 use crate::error::Result;
 
 /// What a commit wrote, as far as loaded profiles are concerned.
@@ -164,6 +165,23 @@ impl ViewCache {
                 }
             }
         }
+    }
+
+    /// The view at `now` of the profile `key` names, with the optional `parts` asked for: made
+    /// from the kept snapshot, or from one loaded (every part) and kept. With the cache off,
+    /// loaded as before it existed, only the parts asked for. Call it inside a read.
+    pub fn view(
+        &self,
+        view: &dyn ReadView,
+        key: &ProfileKey,
+        parts: Parts,
+        rules: &Rules,
+        now: Timestamp,
+    ) -> Result<ProfileView> {
+        if self.capacity == 0 {
+            return super::profiles::view_profile(view, key, parts, rules, now);
+        }
+        Ok(self.snapshot(view, key, rules)?.view(parts, rules, now))
     }
 
     /// The snapshot of the profile `key` names: kept, or loaded from `view` and kept. Call it

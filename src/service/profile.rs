@@ -60,9 +60,11 @@ impl ProfileService for ProfileApi {
         let core = &self.0;
         let now = core.now();
         let view = core.read(|view| {
-            let snapshot = core.views.snapshot(view, &key, &core.rules)?;
-            caller.check_purpose(view, snapshot.root(), now)?;
-            Ok(snapshot.view(mask.parts(), &core.rules, now))
+            let p = core
+                .views
+                .view(view, &key, mask.parts(), &core.rules, now)?;
+            caller.check_purpose(view, &p.root, now)?;
+            Ok(p)
         })?;
         check_min_version(&view, req.min_version)?;
         Ok(audited_reply(pb::GetProfileResponse {
@@ -93,9 +95,11 @@ impl ProfileService for ProfileApi {
                 .map(|(i, p)| {
                     let outcome =
                         profile_ref_in(&format!("profiles[{i}]"), Some(p)).and_then(|key| {
-                            let snapshot = core.views.snapshot(view, &key, &core.rules)?;
-                            caller.check_purpose(view, snapshot.root(), now)?;
-                            Ok(snapshot.view(mask.parts(), &core.rules, now))
+                            let p = core
+                                .views
+                                .view(view, &key, mask.parts(), &core.rules, now)?;
+                            caller.check_purpose(view, &p.root, now)?;
+                            Ok(p)
                         });
                     let result = match outcome {
                         Ok(view) => {

@@ -191,3 +191,32 @@ async fn repeated_reads_hit_the_view_cache_and_a_write_makes_the_next_read_load_
     );
     assert!(total(&after, "view_cache_entries") >= 1.0);
 }
+
+/// With `storage.view_cache_entries = 0` nothing is kept: every read loads, and reads show
+/// every write as before.
+#[tokio::test]
+async fn with_the_view_cache_off_reads_load_every_time_and_show_writes() {
+    let app = TestApp::spawn_with(|c| c.storage.view_cache_entries = 0).await;
+    let p = app.create(vec![new_email()]).await;
+    let first = app.get(by_id(&p)).await;
+    app.update(
+        by_id(&p),
+        pb::ProfileAttributes {
+            city: Some("York".into()),
+            ..Default::default()
+        },
+        &["attributes.city"],
+        app.now(),
+    )
+    .await;
+    let after = app.get(by_id(&p)).await;
+    assert_eq!(after.version, first.version + 1);
+    assert_eq!(
+        after.attributes.and_then(|a| a.city).as_deref(),
+        Some("York")
+    );
+    let m = parse(&scrape(&app).await);
+    assert_eq!(total(&m, "view_cache_hits_total"), 0.0);
+    assert_eq!(total(&m, "view_cache_misses_total"), 0.0);
+    assert_eq!(total(&m, "view_cache_entries"), 0.0);
+}
