@@ -504,16 +504,19 @@ pub async fn prepare(
             .take(sample)
             .collect();
     }
-    let mut clients = Clients::new(channel);
+    let clients = Clients::new(channel);
     for chunk in idents.chunks(500) {
-        let reply = clients
-            .identity
-            .lookup_profile_ids(pb::LookupProfileIdsRequest {
-                identifiers: chunk.to_vec(),
-            })
-            .await
-            .context("LookupProfileIds while preparing the workload")?
-            .into_inner();
+        let reply = patiently(|| {
+            let mut c = clients.identity.clone();
+            let identifiers = chunk.to_vec();
+            async move {
+                c.lookup_profile_ids(pb::LookupProfileIdsRequest { identifiers })
+                    .await
+            }
+        })
+        .await
+        .context("LookupProfileIds while preparing the workload")?
+        .into_inner();
         ids.extend(
             reply
                 .results
@@ -547,15 +550,20 @@ pub async fn prepare(
     }
     if scenario == Scenario::Search {
         for id in w.profile_ids.iter().take(50) {
-            let p = clients
-                .profile
-                .get_profile(pb::GetProfileRequest {
-                    profile: by_id(id),
-                    ..Default::default()
-                })
-                .await
-                .context("GetProfile while preparing search filters")?
-                .into_inner();
+            let p = patiently(|| {
+                let mut c = clients.profile.clone();
+                let profile = by_id(id);
+                async move {
+                    c.get_profile(pb::GetProfileRequest {
+                        profile,
+                        ..Default::default()
+                    })
+                    .await
+                }
+            })
+            .await
+            .context("GetProfile while preparing search filters")?
+            .into_inner();
             let Some(attrs) = p.profile.and_then(|p| p.attributes) else {
                 continue;
             };
@@ -573,4 +581,32 @@ pub async fn prepare(
         }
     }
     Ok(Arc::new(w))
+}
+
+/// Runs a set-up call until the server stops refusing it for overload (RESOURCE_EXHAUSTED,
+/// UNAVAILABLE), waiting 50 ms, then twice as long each time up to 2 s, for at most two minutes
+/// in all: a run's set-up must not fail because the server, just started on a large data set,
+/// sheds load while it warms up (seen at 1,000,000 profiles before the flood). The runs
+/// themselves never retry: a refusal there is counted.
+async fn patiently<T, F, Fut>(mut call: F) -> Result<T, tonic::Status>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    let give_up = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let mut wait = std::time::Duration::from_millis(50);
+    loop {
+        match call().await {
+            Err(s)
+                if matches!(
+                    s.code(),
+                    tonic::Code::ResourceExhausted | tonic::Code::Unavailable
+                ) && std::time::Instant::now() + wait < give_up =>
+            {
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(std::time::Duration::from_secs(2));
+            }
+            other => return other,
+        }
+    }
 }
