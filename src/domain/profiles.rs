@@ -116,10 +116,8 @@ impl TreeSnapshot {
         let preferences = preferences_of(view, &tree)?;
         let consents = Consents::load(view, tree)?;
         let summary = super::summary::combined(view, members.iter().map(|m| m.id), &rules.summary)?;
-        let mut identifiers = tree_identifiers(view, &members)?;
-        identifiers.sort_by(|a, b| (a.linked_at, &a.identifier).cmp(&(b.linked_at, &b.identifier)));
-        let mut attributes = combine(members.iter().map(|m| &m.attributes));
-        attributes.retain(|_, v| v.value.is_some());
+        let identifiers = shown_identifiers(view, &members)?;
+        let attributes = live_attributes(&members);
         Ok(TreeSnapshot {
             members: members.iter().map(|m| m.id).collect(),
             root: Arc::new(root),
@@ -171,6 +169,23 @@ impl TreeSnapshot {
     }
 }
 
+/// Identifiers of every member, in the order reads show them (oldest link first).
+fn shown_identifiers(
+    view: &dyn ReadView,
+    members: &[ProfileRecord],
+) -> Result<Vec<IdentifierLink>> {
+    let mut ids = tree_identifiers(view, members)?;
+    ids.sort_by(|a, b| (a.linked_at, &a.identifier).cmp(&(b.linked_at, &b.identifier)));
+    Ok(ids)
+}
+
+/// The winning attribute values of the members, cleared values left out.
+fn live_attributes(members: &[ProfileRecord]) -> AttrMap {
+    let mut attributes = combine(members.iter().map(|m| &m.attributes));
+    attributes.retain(|_, v| v.value.is_some());
+    attributes
+}
+
 /// A combined summary with its scores evaluated at `now`.
 fn summary_at(s: Arc<Summary>, policy: &SummaryPolicy, now: Timestamp) -> SummaryView {
     SummaryView {
@@ -215,14 +230,11 @@ pub fn view_profile(
         None
     };
     let identifiers = if parts.identifiers {
-        let mut ids = tree_identifiers(view, &ms)?;
-        ids.sort_by(|a, b| (a.linked_at, &a.identifier).cmp(&(b.linked_at, &b.identifier)));
-        ids
+        shown_identifiers(view, &ms)?
     } else {
         Vec::new()
     };
-    let mut attributes = combine(ms.iter().map(|m| &m.attributes));
-    attributes.retain(|_, v| v.value.is_some());
+    let attributes = live_attributes(&ms);
     Ok(ProfileView {
         merged_ids: ms.iter().skip(1).map(|m| m.id).collect(),
         root: Arc::new(root),

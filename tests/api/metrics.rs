@@ -141,6 +141,19 @@ async fn calls_to_made_up_methods_share_one_label() {
     assert_eq!(requests(&after, "unknown", "PERMISSION_DENIED") - base, 5.0);
 }
 
+async fn set_city(app: &TestApp, profile: &str, city: &str) {
+    app.update(
+        by_id(profile),
+        pb::ProfileAttributes {
+            city: Some(city.into()),
+            ..Default::default()
+        },
+        &["attributes.city"],
+        app.now(),
+    )
+    .await;
+}
+
 fn total(m: &BTreeMap<String, f64>, name: &str) -> f64 {
     m.iter()
         .filter(|(k, _)| k.as_str() == name || k.starts_with(&format!("{name}{{")))
@@ -168,16 +181,7 @@ async fn repeated_reads_hit_the_view_cache_and_a_write_makes_the_next_read_load_
         total(&mid, "view_cache_hits_total") - total(&before, "view_cache_hits_total"),
         4.0
     );
-    app.update(
-        by_id(&p),
-        pb::ProfileAttributes {
-            city: Some("Leeds".into()),
-            ..Default::default()
-        },
-        &["attributes.city"],
-        app.now(),
-    )
-    .await;
+    set_city(&app, &p, "Leeds").await;
     let after_write = app.get(by_id(&p)).await;
     assert_eq!(after_write.version, first.version + 1);
     assert_eq!(
@@ -199,16 +203,7 @@ async fn with_the_view_cache_off_reads_load_every_time_and_show_writes() {
     let app = TestApp::spawn_with(|c| c.storage.view_cache_entries = 0).await;
     let p = app.create(vec![new_email()]).await;
     let first = app.get(by_id(&p)).await;
-    app.update(
-        by_id(&p),
-        pb::ProfileAttributes {
-            city: Some("York".into()),
-            ..Default::default()
-        },
-        &["attributes.city"],
-        app.now(),
-    )
-    .await;
+    set_city(&app, &p, "York").await;
     let after = app.get(by_id(&p)).await;
     assert_eq!(after.version, first.version + 1);
     assert_eq!(
