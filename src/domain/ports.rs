@@ -49,6 +49,14 @@ pub trait ReadView {
     /// Up to `limit` live profiles indexed under terms matching `q` (for a range: a superset,
     /// by bucket), or `None` when the index cannot answer `q` (a range over free text).
     fn index_scan(&self, q: &IndexQuery, limit: usize) -> Result<Option<Vec<ProfileId>>>;
+    /// Up to `limit` live profiles indexed under exactly `term` whose ids are above `after`, in
+    /// id order: a posting list read a chunk at a time.
+    fn term_postings(
+        &self,
+        term: &IndexTerm,
+        after: Option<ProfileId>,
+        limit: usize,
+    ) -> Result<Vec<ProfileId>>;
     /// Origin profiles of up to `limit` interactions of type `kind` (with attribute
     /// `attr.0 = attr.1`) that occurred at or after `since`, oldest first (repeats possible).
     fn interactions_indexed(

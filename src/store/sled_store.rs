@@ -1394,6 +1394,25 @@ impl<R: Raw> ReadView for R {
         Ok(Some(out))
     }
 
+    fn term_postings(
+        &self,
+        term: &IndexTerm,
+        after: Option<ProfileId>,
+        limit: usize,
+    ) -> Result<Vec<ProfileId>> {
+        let prefix = term_key(self.crypto(), term);
+        let (mut lo, hi) = prefix_bounds(&prefix);
+        if let Some(a) = after {
+            // Entries are the term's key ++ a 16-byte id: this is the first key above `a`'s.
+            lo.extend_from_slice(a.as_bytes());
+            lo.push(0);
+        }
+        self.range(TreeName::SegmentIndex, &lo, hi.as_deref(), false, limit)?
+            .iter()
+            .map(|(k, _)| keys::profile_of_index_entry(k))
+            .collect()
+    }
+
     fn interactions_indexed(
         &self,
         kind: &str,
