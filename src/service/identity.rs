@@ -52,10 +52,14 @@ impl IdentityService for IdentityApi {
         if let Some(r) = core.replayed::<pb::ResolveResponse>("resolve", request_id.as_ref())? {
             return Ok(audited_reply(r));
         }
-        // Fast path: a lookup, a conflict or a match with nothing to add writes nothing.
-        let decision = core.read(|view| identity::decide(view, &input, &core.policy))?;
-        if let Some(r) = decision.without_writes() {
-            return Ok(audited_reply(convert::resolution_out(&r)));
+        // Fast path: a lookup, a conflict or a match with nothing to add writes nothing. Not
+        // with a request_id: its answer is kept like any write's, so a retry gets the first
+        // answer even after the profile changed (a merge, a new version).
+        if request_id.is_none() {
+            let decision = core.read(|view| identity::decide(view, &input, &core.policy))?;
+            if let Some(r) = decision.without_writes() {
+                return Ok(audited_reply(convert::resolution_out(&r)));
+            }
         }
         let reply = core
             .write(

@@ -568,3 +568,61 @@ async fn resolve_with_the_same_request_id_returns_the_first_answer() {
     assert_eq!(outcome(&first), ResolveOutcome::Created);
     assert_eq!(first, again, "a retry returns the first response");
 }
+
+/// A Resolve that only finds the customer writes nothing of its own, but with a request_id its
+/// answer is kept like any write's: the retry after the profile moved on (a new version) still
+/// returns the first answer, and a Resolve without one sees the new version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_matching_resolve_returns_the_first_answer_after_the_profile_changed() {
+    let app = TestApp::spawn().await;
+    let e = new_email();
+    let id = app.create(vec![e.clone()]).await;
+    let req = pb::ResolveRequest {
+        identifiers: vec![e.clone()],
+        create_if_missing: true,
+        allow_merge: false,
+        source: "test".into(),
+        request_id: "resolve-match-once".into(),
+    };
+    let first = app
+        .identity
+        .clone()
+        .resolve(req.clone())
+        .await
+        .expect("first")
+        .into_inner();
+    assert_eq!(outcome(&first), ResolveOutcome::Matched, "{first:?}");
+    assert_eq!(first.profile_id, id);
+    let updated = app
+        .update(
+            by_id(&id),
+            pb::ProfileAttributes {
+                given_name: Some("Ada".into()),
+                ..Default::default()
+            },
+            &["attributes.given_name"],
+            app.now(),
+        )
+        .await;
+    let new_version = updated.profile.expect("the updated profile").version;
+    assert!(new_version > first.version, "{new_version} after {first:?}");
+    let again = app
+        .identity
+        .clone()
+        .resolve(req.clone())
+        .await
+        .expect("retry")
+        .into_inner();
+    assert_eq!(first, again, "a retry returns the first response");
+    let fresh = app
+        .identity
+        .clone()
+        .resolve(pb::ResolveRequest {
+            request_id: String::new(),
+            ..req
+        })
+        .await
+        .expect("without a request_id")
+        .into_inner();
+    assert_eq!(fresh.version, new_version, "{fresh:?}");
+}
