@@ -207,8 +207,15 @@ pub struct Filter {
     pub clauses: Vec<Clause>,
 }
 
-/// How many candidates a probe reads before calling a clause unselective.
+/// How many candidates a probe of a clause that can be streamed (its posting lists, in id
+/// order) reads before calling it unselective: past this, streaming it costs no more than
+/// reading it whole.
 const PROBE: usize = 512;
+
+/// The same for a clause that cannot be streamed (an interaction or range clause): it can only
+/// drive by being read whole, which is still far better than streaming another clause and
+/// checking it on every candidate when it matches a few thousand profiles.
+const PROBE_WHOLE: usize = 2_000;
 
 /// How many ids a streamed posting list reads at a time.
 const STREAM_CHUNK: usize = 256;
@@ -341,13 +348,15 @@ fn plan(view: &dyn ReadView, f: &Filter, now: Timestamp) -> Result<Candidates> {
     let mut first_big: Option<&Clause> = None;
     let mut first_streamable: Option<Vec<IndexTerm>> = None;
     for c in &f.clauses {
-        let Some((ids, roots)) = clause_candidates(view, c, now, PROBE + 1)? else {
+        let terms = clause_terms(c);
+        let probe = if terms.is_some() { PROBE } else { PROBE_WHOLE };
+        let Some((ids, roots)) = clause_candidates(view, c, now, probe + 1)? else {
             continue;
         };
-        if ids.len() > PROBE {
+        if ids.len() > probe {
             first_big.get_or_insert(c);
             if first_streamable.is_none() {
-                first_streamable = clause_terms(c);
+                first_streamable = terms;
             }
         } else if best.as_ref().is_none_or(|(b, _)| ids.len() < b.len()) {
             best = Some((ids, roots));

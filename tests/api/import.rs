@@ -327,9 +327,10 @@ async fn the_binary_imports_and_says_where_the_rejects_are() {
 ///
 /// The moments are drawn between 5 % and 45 % of one uninterrupted import of the same file on
 /// this machine, timed first, so a loaded machine (CI runs the suite beside other tests) still
-/// kills mid-import rather than before the first batch. A round whose kills all landed before
-/// any commit proves less (the last run starts from line 1), so then another round runs with
-/// later moments, up to three.
+/// kills mid-import. A round counts when a run that was not killed (one that finished before
+/// its kill, or the last) resumed after a line above 0: every run before it was killed, so a
+/// kill landed after a committed batch. Otherwise another round runs, up to four, with the
+/// moments halved when a run finished before its kill and doubled when none resumed.
 #[tokio::test]
 async fn an_import_killed_at_random_moments_resumes_and_imports_each_line_once() {
     let files = tempfile::tempdir().expect("temporary directory");
@@ -350,29 +351,39 @@ async fn an_import_killed_at_random_moments_resumes_and_imports_each_line_once()
             .spawn()
             .expect("run the binary")
     };
+    // "resumed after line X" of a run's report.
+    let resumed_after = |report: &str| -> u64 {
+        report
+            .split("resumed after line ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|x| x.parse().ok())
+            .unwrap_or(0)
+    };
     let scratch = tempfile::tempdir().expect("temporary directory");
     let started = std::time::Instant::now();
     let timed = import(scratch.path())
         .wait_with_output()
         .expect("run the binary");
     assert!(timed.status.success(), "the timing run failed");
-    let full_ms = started.elapsed().as_millis().max(50) as u64;
-    for round in 0..3u64 {
+    let full_ms = started.elapsed().as_millis().max(50) as f64;
+    let mut scale = 1.0f64;
+    for round in 0..4 {
         let mut app = TestApp::spawn().await;
         app.stop().await;
         let mut kills = 0;
+        let mut finished_alone = None;
         for _ in 0..4 {
             seed = seed
                 .wrapping_mul(6364136223846793005)
                 .wrapping_add(1442695040888963407);
-            // Round r draws from [5 %, 45 %] of the timed run, shifted later each round (each
-            // run resumes, so later runs have less left to do).
-            let lo = full_ms * (1 + 4 * round) / 20;
-            let span = (full_ms * 4 / 10).max(1);
-            let wait = std::time::Duration::from_millis(lo + (seed >> 33) % span);
+            let share = 0.05 + 0.40 * ((seed >> 33) % 1000) as f64 / 1000.0;
+            let wait = std::time::Duration::from_millis((full_ms * scale * share) as u64);
             let mut child = import(app.data_dir());
             tokio::time::sleep(wait).await;
             if child.try_wait().expect("poll the importer").is_some() {
+                let out = child.wait_with_output().expect("the importer's report");
+                finished_alone = Some(String::from_utf8_lossy(&out.stdout).into_owned());
                 break;
             }
             child.kill().expect("SIGKILL the importer");
@@ -385,12 +396,13 @@ async fn an_import_killed_at_random_moments_resumes_and_imports_each_line_once()
         let stdout = String::from_utf8_lossy(&last.stdout);
         assert!(last.status.success(), "{stdout}");
         eprintln!(
-            "round {round} (uninterrupted import {full_ms} ms): killed {kills} times; the last run said: {stdout}"
+            "round {round} (uninterrupted import {full_ms:.0} ms, moments x{scale}): killed {kills} times; \
+             a run finished before its kill: {}; the last run said: {stdout}",
+            finished_alone.is_some()
         );
-        let resumed = stdout.contains("resumed after line");
         // A resumed run reports the whole file on its own line; a run from line 1 is the whole
         // file.
-        let whole = if resumed {
+        let whole = if resumed_after(&stdout) > 0 {
             format!("whole file so far: lines {n}, imported {n}, rejected 0")
         } else {
             format!("lines read {n}, imported {n}, rejected 0")
@@ -407,11 +419,17 @@ async fn an_import_killed_at_random_moments_resumes_and_imports_each_line_once()
             assert_eq!(p.summary.expect("summary").interaction_count, 2);
         }
         app.stop().await;
-        if resumed && kills > 0 {
+        let first_unkilled = finished_alone.as_deref().unwrap_or(&stdout);
+        if kills > 0 && resumed_after(first_unkilled) > 0 {
             return;
         }
+        scale = if finished_alone.is_some() {
+            scale / 2.0
+        } else {
+            scale * 2.0
+        };
     }
     panic!(
-        "in three rounds no kill landed after a committed batch (uninterrupted import {full_ms} ms); the resume path was not exercised"
+        "in four rounds no kill landed after a committed batch (uninterrupted import {full_ms:.0} ms); the resume path was not exercised"
     );
 }
