@@ -41,6 +41,10 @@ fn key(name: &'static str, labels: &[(&'static str, &str)]) -> Key {
     )
 }
 
+/// How often the server folds recorded histogram samples into buckets (see
+/// [`Metrics::run_upkeep`]): at 150,000 calls/s one interval holds about 750,000 samples, 6 MB.
+pub const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
@@ -72,6 +76,12 @@ impl Metrics {
     /// A histogram.
     pub fn histogram(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Histogram {
         self.recorder.register_histogram(&key(name, labels), &META)
+    }
+
+    /// Folds the histogram samples recorded since the last upkeep into their buckets (the
+    /// recorder holds every sample until then); the server does this every [`UPKEEP_EVERY`].
+    pub fn run_upkeep(&self) {
+        self.handle.run_upkeep();
     }
 
     /// The Prometheus text exposition, with store gauges sampled now.

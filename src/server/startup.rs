@@ -197,6 +197,7 @@ impl Application {
             .build_v1alpha()?;
 
         let pruner = tokio::spawn(prune_loop(core.clone(), config.clone()));
+        let metrics_upkeep = tokio::spawn(metrics_upkeep_loop(core.clone()));
         // A storage fault takes the service out of rotation: health turns NOT_SERVING.
         let fault_watch = {
             let health = health.clone();
@@ -349,6 +350,7 @@ impl Application {
         // so the pruner returns after the prune it may be in.
         let _ = core_shutdown.send(true);
         let _ = pruner.await;
+        metrics_upkeep.abort();
         fault_watch.abort();
         if let Some(m) = metrics_server {
             let _ = m.await;
@@ -476,6 +478,23 @@ async fn prune_loop(core: Arc<Core>, config: Config) {
             ),
             Ok(Err(e)) => tracing::warn!(error = %e, "pruning failed; will retry"),
             Err(e) => tracing::warn!(error = %e, "pruning task failed"),
+        }
+    }
+}
+
+/// Folds the latency samples recorded since the last time into the histograms' buckets, every
+/// [`metrics::UPKEEP_EVERY`]. The Prometheus recorder keeps every recorded sample until then,
+/// and otherwise only a scrape of `/metrics` folds them: without scrapes (no `[metrics] listen`,
+/// or no scraper) memory grew with every call. Measured by hand: about 3 MB/s while a flood was
+/// refused at 150,000 calls/s, 120 MB over two 20 s floods.
+async fn metrics_upkeep_loop(core: Arc<Core>) {
+    let mut tick = tokio::time::interval(metrics::UPKEEP_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut stopping = core.shutdown.clone();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => core.metrics.run_upkeep(),
+            _ = stopping.wait_for(|s| *s) => return,
         }
     }
 }
