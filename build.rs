@@ -23,6 +23,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut config = tonic_prost_build::Config::new();
     config.protoc_executable(protoc);
     tonic_prost_build::configure()
+        // GetProfile's reply can carry bytes encoded before (src/service/reply.rs).
+        .extern_path(
+            ".customer_profile.v1.GetProfileResponse",
+            "crate::service::reply::GetProfileResponse",
+        )
         .file_descriptor_set_path(out_dir.join("customer_profile_descriptor.bin"))
         .compile_with_config(config, PROTOS, &["proto"])?;
     Ok(())

@@ -105,6 +105,64 @@ pub struct TreeSnapshot {
     preferences: Option<Preferences>,
     /// The combined summary of the tree.
     summary: Arc<Summary>,
+    /// Encodings of what this shows that readers made and keep with it.
+    memo: Memo,
+}
+
+/// Bytes a reader derived from a [`TreeSnapshot`] and keeps with it, by a key of its own
+/// (what it was asked for): they live exactly as long as the snapshot, so the commit that drops
+/// the snapshot from the view cache drops them too. At most [`Memo::ENTRIES`] are kept; a clone
+/// starts empty.
+#[derive(Default)]
+pub struct Memo(parking_lot::Mutex<Vec<MemoEntry>>);
+
+/// A key and the bytes kept under it.
+type MemoEntry = (Box<[u8]>, Arc<[u8]>);
+
+impl Memo {
+    /// Keys kept per snapshot (readers that ask for other things make theirs every time).
+    pub const ENTRIES: usize = 2;
+
+    /// The bytes kept under `key`, or those `make` returns (kept while there is room).
+    pub fn get_or_make(&self, key: &[u8], make: impl FnOnce() -> Arc<[u8]>) -> Arc<[u8]> {
+        if let Some((_, v)) = self.0.lock().iter().find(|(k, _)| **k == *key) {
+            return v.clone();
+        }
+        // Made without the lock: two readers may both make it; the first one is kept.
+        let made = make();
+        let mut kept = self.0.lock();
+        if let Some((_, v)) = kept.iter().find(|(k, _)| **k == *key) {
+            return v.clone();
+        }
+        if kept.len() < Self::ENTRIES {
+            kept.push((key.into(), made.clone()));
+        }
+        made
+    }
+
+    /// Keys kept.
+    pub fn len(&self) -> usize {
+        self.0.lock().len()
+    }
+
+    /// Whether nothing is kept.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Clone for Memo {
+    fn clone(&self) -> Memo {
+        Memo::default()
+    }
+}
+
+impl std::fmt::Debug for Memo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Memo")
+            .field("entries", &self.len())
+            .finish()
+    }
 }
 
 impl TreeSnapshot {
@@ -126,12 +184,18 @@ impl TreeSnapshot {
             consents,
             preferences,
             summary: Arc::new(summary),
+            memo: Memo::default(),
         })
     }
 
     /// The live (root) record.
     pub fn root(&self) -> &ProfileRecord {
         &self.root
+    }
+
+    /// What readers derived from this snapshot and keep with it.
+    pub fn memo(&self) -> &Memo {
+        &self.memo
     }
 
     /// Ids of every member, root first: a write to any of them changes what this shows.

@@ -184,6 +184,26 @@ impl ViewCache {
         Ok(self.snapshot(view, key, rules)?.view(parts, rules, now))
     }
 
+    /// [`ViewCache::view`], with the snapshot it was made from (`None` with the cache off), for
+    /// readers that keep what they derive from it in its [`Memo`](super::profiles::Memo).
+    pub fn view_and_snapshot(
+        &self,
+        view: &dyn ReadView,
+        key: &ProfileKey,
+        parts: Parts,
+        rules: &Rules,
+        now: Timestamp,
+    ) -> Result<(ProfileView, Option<Arc<TreeSnapshot>>)> {
+        if self.capacity == 0 {
+            return Ok((
+                super::profiles::view_profile(view, key, parts, rules, now)?,
+                None,
+            ));
+        }
+        let snapshot = self.snapshot(view, key, rules)?;
+        Ok((snapshot.view(parts, rules, now), Some(snapshot)))
+    }
+
     /// The snapshot of the profile `key` names: kept, or loaded from `view` and kept. Call it
     /// inside a read (`view` is that read's).
     pub fn snapshot(

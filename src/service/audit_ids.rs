@@ -64,7 +64,10 @@ ids!(pb::ListMergesResponse, |r| {
     v.dedup();
     v
 });
-ids!(pb::GetProfileResponse, |r| of_profile(r.profile.as_ref()));
+ids!(pb::GetProfileResponse, |r| r
+    .profile_id()
+    .map(one)
+    .unwrap_or_default());
 ids!(pb::BatchGetProfilesResponse, |r| r
     .results
     .iter()

@@ -521,8 +521,21 @@ fn linked_out(l: &IdentifierLink) -> pb::LinkedIdentifier {
     }
 }
 
-/// A profile view onto the wire, limited by `mask`.
+/// A profile view onto the wire: [`profile_stable_out`] with [`profile_fresh_out`] merged in.
 pub fn profile_out(v: &ProfileView, mask: &ReadMask) -> pb::Profile {
+    let mut p = profile_stable_out(v, mask);
+    let fresh = profile_fresh_out(v, mask);
+    p.consents = fresh.consents;
+    if let (Some(s), Some(f)) = (p.summary.as_mut(), fresh.summary) {
+        s.engagement = f.engagement;
+        s.contact_pressure = f.contact_pressure;
+    }
+    p
+}
+
+/// What [`profile_out`] shows that depends only on the stored data (and the mask), not on the
+/// time of the read: everything but the consents in force and the summary's scores.
+pub fn profile_stable_out(v: &ProfileView, mask: &ReadMask) -> pb::Profile {
     let (attributes, attribute_provenance) = attributes_out(&v.attributes, mask);
     pb::Profile {
         profile_id: v.root.id.to_string(),
@@ -541,14 +554,7 @@ pub fn profile_out(v: &ProfileView, mask: &ReadMask) -> pb::Profile {
         } else {
             Vec::new()
         },
-        consents: if mask.consents {
-            v.consents
-                .iter()
-                .map(|(p, c, s)| rules::effective_out(*p, *c, s))
-                .collect()
-        } else {
-            Vec::new()
-        },
+        consents: Vec::new(),
         preferences: if mask.preferences {
             Some(rules::preferences_out(v.preferences.as_ref()))
         } else {
@@ -557,6 +563,8 @@ pub fn profile_out(v: &ProfileView, mask: &ReadMask) -> pb::Profile {
         summary: if mask.summary {
             v.summary.as_ref().map(|s| {
                 let mut out = rules::summary_out(s);
+                out.engagement = None;
+                out.contact_pressure = None;
                 if !mask.visible.finance {
                     out.lifetime_spend.clear();
                 }
@@ -565,6 +573,28 @@ pub fn profile_out(v: &ProfileView, mask: &ReadMask) -> pb::Profile {
         } else {
             None
         },
+    }
+}
+
+/// What [`profile_out`] shows that depends on the time of the read: the consents in force
+/// and the summary's scores (every other field left at its default, so its encoding appended to
+/// [`profile_stable_out`]'s decodes as the whole profile).
+pub fn profile_fresh_out(v: &ProfileView, mask: &ReadMask) -> pb::Profile {
+    pb::Profile {
+        consents: if mask.consents {
+            v.consents
+                .iter()
+                .map(|(p, c, s)| rules::effective_out(*p, *c, s))
+                .collect()
+        } else {
+            Vec::new()
+        },
+        summary: if mask.summary {
+            v.summary.as_ref().map(rules::summary_scores_out)
+        } else {
+            None
+        },
+        ..pb::Profile::default()
     }
 }
 

@@ -14,6 +14,7 @@ mod interaction;
 pub mod page_token;
 mod privacy;
 mod profile;
+pub mod reply;
 pub mod rules_convert;
 pub mod status;
 
@@ -47,6 +48,8 @@ use crate::store::Store;
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
 pub mod pb {
     tonic::include_proto!("customer_profile.v1");
+
+    pub use super::reply::GetProfileResponse;
 
     /// Encoded descriptors of every proto file (and its imports), for reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] =

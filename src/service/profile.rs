@@ -59,16 +59,17 @@ impl ProfileService for ProfileApi {
         let mask = mask.restrict(&caller.visible);
         let core = &self.0;
         let now = core.now();
-        let view = core.read(|view| {
-            let p = core
-                .views
-                .view(view, &key, mask.parts(), &core.rules, now)?;
+        let (view, snapshot) = core.read(|view| {
+            let (p, snapshot) =
+                core.views
+                    .view_and_snapshot(view, &key, mask.parts(), &core.rules, now)?;
             caller.check_purpose(view, &p.root, now)?;
-            Ok(p)
+            Ok((p, snapshot))
         })?;
         check_min_version(&view, req.min_version)?;
-        Ok(audited_reply(pb::GetProfileResponse {
-            profile: Some(convert::profile_out(&view, &mask)),
+        Ok(audited_reply(match snapshot {
+            Some(s) => pb::GetProfileResponse::from_snapshot(&s, &view, &mask),
+            None => pb::GetProfileResponse::new(convert::profile_out(&view, &mask)),
         }))
     }
 

@@ -237,6 +237,21 @@ fn latest_out(l: &Latest) -> pb::InteractionRef {
     }
 }
 
+/// The part of a summary that depends on the time of the read, its scores (every other field
+/// left at its default).
+pub fn summary_scores_out(v: &SummaryView) -> pb::ProfileSummary {
+    let score = |value: f64, hl: Duration| pb::Score {
+        value,
+        as_of: Some(time_out(v.as_of)),
+        half_life_seconds: hl.0 / Timestamp::MICROS_PER_SEC,
+    };
+    pb::ProfileSummary {
+        engagement: Some(score(v.engagement, v.engagement_half_life)),
+        contact_pressure: Some(score(v.pressure, v.pressure_half_life)),
+        ..pb::ProfileSummary::default()
+    }
+}
+
 /// A summary onto the wire.
 pub fn summary_out(v: &SummaryView) -> pb::ProfileSummary {
     let s = &v.summary;
@@ -252,11 +267,7 @@ pub fn summary_out(v: &SummaryView) -> pb::ProfileSummary {
             })
         })
         .collect();
-    let score = |value: f64, hl: Duration| pb::Score {
-        value,
-        as_of: Some(time_out(v.as_of)),
-        half_life_seconds: hl.0 / Timestamp::MICROS_PER_SEC,
-    };
+    let scores = summary_scores_out(v);
     pb::ProfileSummary {
         channels,
         departments: s
@@ -286,8 +297,8 @@ pub fn summary_out(v: &SummaryView) -> pb::ProfileSummary {
                 last: Some(latest_out(l)),
             })
             .collect(),
-        engagement: Some(score(v.engagement, v.engagement_half_life)),
-        contact_pressure: Some(score(v.pressure, v.pressure_half_life)),
+        engagement: scores.engagement,
+        contact_pressure: scores.contact_pressure,
         lifetime_spend: s
             .spend
             .iter()

@@ -294,3 +294,145 @@ async fn batch_get_of_1000_keys_answers_per_key_in_order() {
         .expect_err("1001 keys");
     assert_invalid_prefix(&err, "profiles");
 }
+
+/// BatchGetProfiles builds every profile message for the read; GetProfile sends the part that
+/// does not depend on the time of the read from bytes kept with the cached profile and
+/// encodes only consents and scores anew. Both must show the same profile, for every read
+/// mask, on the read that fills the cache and the ones after it, after time passes with no
+/// write (a grant expires, scores decay) and after a write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_profile_from_kept_bytes_shows_what_batch_get_builds_for_every_mask_and_time() {
+    use crate::rules_helpers::*;
+    use customer_profile::domain::time::Duration;
+    use pb::{Channel, Purpose};
+
+    let app = RulesApp::spawn().await;
+    let p = app.create(vec![new_email(), phone("+15550007777")]).await;
+    let other = app.create(vec![new_device()]).await;
+    app.update(
+        by_id(&p),
+        pb::ProfileAttributes {
+            given_name: Some("Ada".into()),
+            city: Some("Leeds".into()),
+            ..Default::default()
+        },
+        &["attributes.given_name", "attributes.city"],
+        app.now(),
+    )
+    .await;
+    let now = app.now();
+    let mut buy = inbound(
+        Channel::Web,
+        "sales",
+        "purchase",
+        now.minus(Duration::hours(3)),
+    );
+    buy.amount = Some(pb::Money {
+        currency_code: "GBP".into(),
+        units: 12,
+        nanos: 500_000_000,
+    });
+    for i in [
+        buy,
+        case_event(
+            "c-1",
+            pb::CaseState::Open,
+            "complaint",
+            now.minus(Duration::hours(2)),
+        ),
+        outbound(
+            Channel::Email,
+            Purpose::Marketing,
+            "campaign_message",
+            "m-1",
+            now,
+        ),
+    ] {
+        app.record(by_id(&p), i).await;
+    }
+    app.grant_until(
+        &p,
+        Purpose::Marketing,
+        Channel::Email,
+        now.plus(Duration::days(2)),
+    )
+    .await;
+    app.grant(&p, Purpose::Service, Channel::Unspecified).await;
+    app.set_preferences(&p, &[Channel::Email], &[Channel::Post], "en")
+        .await;
+    app.merge(vec![by_id(&p), by_id(&other)]).await;
+
+    let masks: [&[&str]; 5] = [
+        &[],
+        &["attributes.city", "summary"],
+        &["consents", "preferences"],
+        &["identifiers", "merged_ids"],
+        &["summary", "consents", "attributes"],
+    ];
+    let built = |paths: &'static [&'static str]| {
+        let mut client = app.profiles.clone();
+        let p = p.clone();
+        async move {
+            let r = client
+                .batch_get_profiles(pb::BatchGetProfilesRequest {
+                    profiles: vec![by_id(&p)],
+                    read_mask: mask(paths),
+                })
+                .await
+                .expect("BatchGetProfiles")
+                .into_inner();
+            match r.results.into_iter().next().and_then(|x| x.result) {
+                Some(KeyResult::Profile(p)) => p,
+                other => panic!("BatchGetProfiles answered {other:?}"),
+            }
+        }
+    };
+    let mut first_full = None;
+    for round in ["cold", "kept", "two days later", "after a write"] {
+        match round {
+            "two days later" => app.advance(Duration::hours(49)),
+            "after a write" => {
+                app.update(
+                    by_id(&p),
+                    pb::ProfileAttributes {
+                        city: Some("York".into()),
+                        ..Default::default()
+                    },
+                    &["attributes.city"],
+                    app.now(),
+                )
+                .await;
+            }
+            _ => {}
+        }
+        for paths in masks {
+            for _ in 0..2 {
+                let sent = app
+                    .try_get_masked(by_id(&p), paths, 0)
+                    .await
+                    .expect("GetProfile");
+                assert_eq!(sent, built(paths).await, "{round}, mask {paths:?}");
+            }
+        }
+        let full = app.get(by_id(&p)).await;
+        let summary = full.summary.clone().expect("summary");
+        assert_eq!(summary.lifetime_spend.len(), 1, "{round}");
+        assert_eq!(summary.open_cases.len(), 1, "{round}");
+        assert_eq!(full.merged_ids, vec![other.clone()], "{round}");
+        let marketing_email = state_of(&full.consents, Purpose::Marketing, Channel::Email);
+        match round {
+            "cold" => first_full = Some(full),
+            "kept" => assert_eq!(Some(&full), first_full.as_ref()),
+            _ => {
+                let first = first_full.as_ref().expect("the cold read");
+                let score = |p: &pb::Profile| p.summary.as_ref().and_then(|s| s.engagement);
+                assert_ne!(score(&full), score(first), "{round}: scores evaluated now");
+                assert_ne!(
+                    marketing_email,
+                    state_of(&first.consents, Purpose::Marketing, Channel::Email),
+                    "{round}: the two-day grant has expired"
+                );
+            }
+        }
+    }
+}
