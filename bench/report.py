@@ -200,7 +200,7 @@ def render(work, out):
         due, on_time = flood.get("due"), flood.get("sent_on_time")
         rows = [
             ("offered rate (the schedule)", f"{fmt(flood.get('offered_rps'))} req/s "
-             f"(4 × {fmt(rps('get-by-id'))} max, {fmt(facts.get('flood_duration_s'))} s measured)"),
+             f"(4 × {fmt(facts.get('flood_max_rps') or rps('get-by-id'))}, the higher of GetProfile's maximum and the flood's warm-up, {fmt(facts.get('flood_duration_s'))} s measured)"),
             ("sent on time by the load generator", f"{fmt(on_time)} of {fmt(due)} "
              f"({fmt(ratio(on_time, due) * 100 if ratio(on_time, due) is not None else None, 1)} %)"),
             ("admitted rate (OK replies)", f"{fmt(flood.get('throughput_rps'))} req/s"),

@@ -332,7 +332,8 @@ pub struct StorageConfig {
     pub group_commit_delay_us: u64,
     /// Profiles kept loaded between reads (GetProfile, BatchGetProfiles); every commit drops
     /// those it changed. About 8 KiB each for the benchmark's customers (1,000 entries: RSS
-    /// 143 MB against 135 MB with the cache off); a large merge tree weighs more. 0 disables.
+    /// 143 MB against 135 MB with the cache off), plus up to two encoded GetProfile replies
+    /// (about 2 KiB each) once read; a large merge tree weighs more. 0 disables.
     pub view_cache_entries: usize,
 }
 
