@@ -178,10 +178,7 @@ impl ViewCache {
         rules: &Rules,
         now: Timestamp,
     ) -> Result<ProfileView> {
-        if self.capacity == 0 {
-            return super::profiles::view_profile(view, key, parts, rules, now);
-        }
-        Ok(self.snapshot(view, key, rules)?.view(parts, rules, now))
+        Ok(self.view_and_snapshot(view, key, parts, rules, now)?.0)
     }
 
     /// [`ViewCache::view`], with the snapshot it was made from (`None` with the cache off), for
