@@ -228,6 +228,64 @@ pub struct Consents {
     tree: MergeTree,
     /// Per node, its own records sorted oldest first.
     own: Vec<Vec<ConsentRecord>>,
+    /// What decides each purpose × channel the records mention, worked out on first use: which
+    /// record (or merge conflict) decides does not depend on the time of the question, only
+    /// whether a grant has expired by then does. A cached snapshot answers every later read
+    /// from it (perf at 10,000 profiles: walking the tree per pair was 3 % of a GetProfile).
+    decided: std::sync::OnceLock<Vec<(Purpose, Channel, Decided)>>,
+}
+
+/// What decides a purpose × channel, independent of time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Decided {
+    Conflict(Timestamp),
+    Denied {
+        record: ConsentId,
+        since: Timestamp,
+    },
+    Granted {
+        record: ConsentId,
+        expires_at: Option<Timestamp>,
+        since: Timestamp,
+    },
+}
+
+impl Decided {
+    fn of(e: Eff) -> Option<Decided> {
+        match e {
+            Eff::Nothing => None,
+            Eff::Conflict((t, _)) => Some(Decided::Conflict(t)),
+            Eff::Record(r) => Some(match r.decision {
+                Decision::Denied => Decided::Denied {
+                    record: r.id,
+                    since: r.recorded_at,
+                },
+                Decision::Granted => Decided::Granted {
+                    record: r.id,
+                    expires_at: r.expires_at,
+                    since: r.recorded_at,
+                },
+            }),
+        }
+    }
+
+    /// The state this gives at `now` (a grant without an end, or ended by `now`, is none).
+    fn at(self, now: Timestamp) -> ConsentState {
+        match self {
+            Decided::Conflict(since) => ConsentState::DeniedByMergeConflict { since },
+            Decided::Denied { record, since } => ConsentState::Denied { record, since },
+            Decided::Granted {
+                record,
+                expires_at: Some(e),
+                since,
+            } if now < e => ConsentState::Granted {
+                record,
+                expires_at: e,
+                since,
+            },
+            Decided::Granted { .. } => ConsentState::None,
+        }
+    }
 }
 
 impl Consents {
@@ -239,7 +297,29 @@ impl Consents {
             rs.sort_by_key(ConsentRecord::key);
             own.push(rs);
         }
-        Ok(Consents { tree, own })
+        Ok(Consents {
+            tree,
+            own,
+            decided: Default::default(),
+        })
+    }
+
+    /// The decision table, in the order [`Consents::effective`] lists pairs (purpose, then
+    /// channel as in [`Channel::ALL`]); pairs nothing decides are left out.
+    fn decided(&self) -> &[(Purpose, Channel, Decided)] {
+        self.decided.get_or_init(|| {
+            let mentioned: BTreeSet<Purpose> =
+                self.own.iter().flatten().map(|r| r.purpose).collect();
+            let mut out = Vec::new();
+            for p in mentioned {
+                for c in Channel::ALL {
+                    if let Some(d) = Decided::of(self.eff(0, p, c)) {
+                        out.push((p, c, d));
+                    }
+                }
+            }
+            out
+        })
     }
 
     /// Every record, newest first.
@@ -251,37 +331,21 @@ impl Consents {
 
     /// The state of `purpose` × `channel` at `now`.
     pub fn state(&self, purpose: Purpose, channel: Channel, now: Timestamp) -> ConsentState {
-        match self.eff(0, purpose, channel) {
-            Eff::Conflict((t, _)) => ConsentState::DeniedByMergeConflict { since: t },
-            Eff::Record(r) => match (r.decision, r.expires_at) {
-                (Decision::Denied, _) => ConsentState::Denied {
-                    record: r.id,
-                    since: r.recorded_at,
-                },
-                (Decision::Granted, Some(e)) if now < e => ConsentState::Granted {
-                    record: r.id,
-                    expires_at: e,
-                    since: r.recorded_at,
-                },
-                (Decision::Granted, _) => ConsentState::None,
-            },
-            Eff::Nothing => ConsentState::None,
-        }
+        self.decided()
+            .iter()
+            .find(|(p, c, _)| *p == purpose && *c == channel)
+            .map_or(ConsentState::None, |(_, _, d)| d.at(now))
     }
 
     /// Every purpose × channel whose state is not NONE.
     pub fn effective(&self, now: Timestamp) -> Vec<(Purpose, Channel, ConsentState)> {
-        let mut out = Vec::new();
-        let mentioned: BTreeSet<Purpose> = self.own.iter().flatten().map(|r| r.purpose).collect();
-        for p in mentioned {
-            for c in Channel::ALL {
-                let s = self.state(p, c, now);
-                if s != ConsentState::None {
-                    out.push((p, c, s));
-                }
-            }
-        }
-        out
+        self.decided()
+            .iter()
+            .filter_map(|(p, c, d)| {
+                let s = d.at(now);
+                (s != ConsentState::None).then_some((*p, *c, s))
+            })
+            .collect()
     }
 
     /// Pairs with a GRANTED record anywhere in the tree (a superset of the active grants; the
