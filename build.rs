@@ -28,6 +28,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ".customer_profile.v1.GetProfileResponse",
             "crate::service::reply::GetProfileResponse",
         )
+        // So can each profile of BatchGetProfiles' reply.
+        .extern_path(
+            ".customer_profile.v1.ProfileResult",
+            "crate::service::reply::ProfileResult",
+        )
         .file_descriptor_set_path(out_dir.join("customer_profile_descriptor.bin"))
         .compile_with_config(config, PROTOS, &["proto"])?;
     Ok(())

@@ -71,10 +71,7 @@ ids!(pb::GetProfileResponse, |r| r
 ids!(pb::BatchGetProfilesResponse, |r| r
     .results
     .iter()
-    .flat_map(|x| match &x.result {
-        Some(pb::profile_result::Result::Profile(p)) => one(&p.profile_id),
-        _ => Vec::new(),
-    })
+    .flat_map(|x| x.profile_id().map(one).unwrap_or_default())
     .collect());
 ids!(pb::UpdateProfileResponse, |r| of_profile(
     r.profile.as_ref()

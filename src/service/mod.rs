@@ -49,7 +49,7 @@ use crate::store::Store;
 pub mod pb {
     tonic::include_proto!("customer_profile.v1");
 
-    pub use super::reply::GetProfileResponse;
+    pub use super::reply::{GetProfileResponse, ProfileResult, profile_result};
 
     /// Encoded descriptors of every proto file (and its imports), for reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] =

@@ -96,14 +96,21 @@ impl ProfileService for ProfileApi {
                 .map(|(i, p)| {
                     let outcome =
                         profile_ref_in(&format!("profiles[{i}]"), Some(p)).and_then(|key| {
-                            let p = core
-                                .views
-                                .view(view, &key, mask.parts(), &core.rules, now)?;
+                            let (p, snapshot) = core.views.view_and_snapshot(
+                                view,
+                                &key,
+                                mask.parts(),
+                                &core.rules,
+                                now,
+                            )?;
                             caller.check_purpose(view, &p.root, now)?;
-                            Ok(p)
+                            Ok((p, snapshot))
                         });
                     let result = match outcome {
-                        Ok(view) => {
+                        Ok((view, Some(s))) => {
+                            return Ok(pb::ProfileResult::from_snapshot(&s, &view, &mask));
+                        }
+                        Ok((view, None)) => {
                             pb::profile_result::Result::Profile(convert::profile_out(&view, &mask))
                         }
                         Err(
@@ -120,9 +127,7 @@ impl ProfileService for ProfileApi {
                         }
                         Err(other) => return Err(other),
                     };
-                    Ok(pb::ProfileResult {
-                        result: Some(result),
-                    })
+                    Ok(pb::ProfileResult::new(result))
                 })
                 .collect::<Result<Vec<_>, Error>>()
         })?;

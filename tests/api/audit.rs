@@ -4,6 +4,8 @@
 
 use customer_profile::audit::{self, Stored, Verdict};
 
+use customer_profile::service::pb;
+
 use crate::helpers::*;
 
 fn entries(app: &TestApp) -> Vec<Stored> {
@@ -21,6 +23,17 @@ async fn every_access_is_one_chained_entry_without_personal_values() {
     let _ = app.get(by_ident(email("audited.person@example.com"))).await;
     let missing = app.try_get(by_ident(email("nobody@example.com"))).await;
     assert!(missing.is_err());
+    // Twice: the second reply is sent from the bytes the first kept; both name the profile.
+    for _ in 0..2 {
+        app.profiles
+            .clone()
+            .batch_get_profiles(pb::BatchGetProfilesRequest {
+                profiles: vec![by_id(&p), by_ident(email("nobody@example.com"))],
+                read_mask: None,
+            })
+            .await
+            .expect("BatchGetProfiles");
+    }
     app.stop().await;
 
     let log = entries(&app);
@@ -32,8 +45,12 @@ async fn every_access_is_one_chained_entry_without_personal_values() {
             "/customer_profile.v1.ProfileService/GetProfile",
             "/customer_profile.v1.ProfileService/GetProfile",
             "/customer_profile.v1.ProfileService/GetProfile",
+            "/customer_profile.v1.ProfileService/BatchGetProfiles",
+            "/customer_profile.v1.ProfileService/BatchGetProfiles",
         ]
     );
+    assert_eq!(log[4].entry.profiles, vec![p.clone()]);
+    assert_eq!(log[5].entry.profiles, vec![p.clone()]);
     assert_eq!(log[0].entry.profiles, vec![p.clone()]);
     assert_eq!(log[1].entry.profiles, vec![p.clone()]);
     assert_eq!(log[2].entry.profiles, vec![p.clone()]);
@@ -47,7 +64,7 @@ async fn every_access_is_one_chained_entry_without_personal_values() {
     );
     assert_eq!(
         audit::verify(&audit::log_path(app.data_dir())).expect("verify"),
-        Verdict::Intact { entries: 4 }
+        Verdict::Intact { entries: 6 }
     );
 
     // The chain continues across a restart.
@@ -56,7 +73,7 @@ async fn every_access_is_one_chained_entry_without_personal_values() {
     app.stop().await;
     assert_eq!(
         audit::verify(&audit::log_path(app.data_dir())).expect("verify"),
-        Verdict::Intact { entries: 5 }
+        Verdict::Intact { entries: 7 }
     );
 }
 

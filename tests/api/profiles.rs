@@ -1,6 +1,9 @@
 //! Acceptance 4: reads by profile id, merged-away id and every identifier kind; read_mask;
 //! min_version; BatchGetProfiles of 1000 keys answering per key.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use customer_profile::service::pb;
 use pb::profile_result::Result as KeyResult;
 use tonic::Code;
@@ -295,18 +298,27 @@ async fn batch_get_of_1000_keys_answers_per_key_in_order() {
     assert_invalid_prefix(&err, "profiles");
 }
 
-/// BatchGetProfiles builds every profile message for the read; GetProfile sends the part that
-/// does not depend on the time of the read from bytes kept with the cached profile and
-/// encodes only consents and scores anew. Both must show the same profile, for every read
-/// mask, on the read that fills the cache and the ones after it, after time passes with no
-/// write (a grant expires, scores decay) and after a write.
+/// GetProfile and BatchGetProfiles send the part of a profile that does not depend on the time
+/// of the read from bytes kept with the cached profile, and encode only consents and scores
+/// anew; a server with the view cache off builds every message for the read. Both must show the
+/// same profile, for every read mask: on the read that fills the cache and the one after it,
+/// 49 hours later from the same kept bytes with no write in between (a grant has expired, scores
+/// have decayed), and after a write.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn get_profile_from_kept_bytes_shows_what_batch_get_builds_for_every_mask_and_time() {
+async fn profiles_from_kept_bytes_show_what_a_server_without_the_cache_builds_for_every_mask_and_time()
+ {
     use crate::rules_helpers::*;
     use customer_profile::domain::time::Duration;
     use pb::{Channel, Purpose};
 
-    let app = RulesApp::spawn().await;
+    let cache_off = Arc::new(AtomicBool::new(false));
+    let off = cache_off.clone();
+    let mut app = RulesApp::spawn_with(move |c| {
+        if off.load(Ordering::SeqCst) {
+            c.storage.view_cache_entries = 0;
+        }
+    })
+    .await;
     let p = app.create(vec![new_email(), phone("+15550007777")]).await;
     let other = app.create(vec![new_device()]).await;
     app.update(
@@ -369,70 +381,117 @@ async fn get_profile_from_kept_bytes_shows_what_batch_get_builds_for_every_mask_
         &["identifiers", "merged_ids"],
         &["summary", "consents", "attributes"],
     ];
-    let built = |paths: &'static [&'static str]| {
-        let mut client = app.profiles.clone();
-        let p = p.clone();
-        async move {
-            let r = client
+
+    // With the cache on: at t0 (the first read of each mask fills the cache), then 49 hours
+    // later from the same kept bytes.
+    let t0 = app.now();
+    let kept_t0 = read_every_mask(&app, &p, &masks).await;
+    app.advance(Duration::hours(49));
+    let t49 = app.now();
+    let kept_t49 = read_every_mask(&app, &p, &masks).await;
+
+    // Built for each read, over the same data at the same times.
+    cache_off.store(true, Ordering::SeqCst);
+    app.restart().await;
+    app.set_time(t0);
+    let built_t0 = read_every_mask(&app, &p, &masks).await;
+    app.set_time(t49);
+    let built_t49 = read_every_mask(&app, &p, &masks).await;
+    assert_eq!(kept_t0, built_t0, "at t0");
+    assert_eq!(kept_t49, built_t49, "49 hours later");
+
+    // After a write: kept bytes of the new version, then built.
+    cache_off.store(false, Ordering::SeqCst);
+    app.restart().await;
+    app.update(
+        by_id(&p),
+        pb::ProfileAttributes {
+            city: Some("York".into()),
+            ..Default::default()
+        },
+        &["attributes.city"],
+        app.now(),
+    )
+    .await;
+    let kept_written = read_every_mask(&app, &p, &masks).await;
+    cache_off.store(true, Ordering::SeqCst);
+    app.restart().await;
+    let built_written = read_every_mask(&app, &p, &masks).await;
+    assert_eq!(kept_written, built_written, "after a write");
+
+    // The reads compared show what the test set up, and time changed them.
+    let full = |reads: &[Vec<pb::Profile>]| reads[0][0].clone();
+    let (first, later, written) = (full(&kept_t0), full(&kept_t49), full(&kept_written));
+    for (round, profile) in [
+        ("t0", &first),
+        ("49 hours later", &later),
+        ("after a write", &written),
+    ] {
+        let summary = profile.summary.clone().expect("summary");
+        assert_eq!(summary.lifetime_spend.len(), 1, "{round}");
+        assert_eq!(summary.open_cases.len(), 1, "{round}");
+        assert_eq!(profile.merged_ids, vec![other.clone()], "{round}");
+    }
+    let score = |p: &pb::Profile| p.summary.as_ref().and_then(|s| s.engagement);
+    assert_ne!(
+        score(&later),
+        score(&first),
+        "scores are evaluated at the read"
+    );
+    assert_ne!(
+        state_of(&later.consents, Purpose::Marketing, Channel::Email),
+        state_of(&first.consents, Purpose::Marketing, Channel::Email),
+        "the two-day grant has expired"
+    );
+    assert_ne!(
+        written.version, later.version,
+        "the write made a new version"
+    );
+}
+
+/// Every mask's profile read four times, in this order: GetProfile twice, then
+/// BatchGetProfiles twice; each read's four must be the same.
+async fn read_every_mask(app: &TestApp, p: &str, masks: &[&[&str]]) -> Vec<Vec<pb::Profile>> {
+    let mut out = Vec::new();
+    for paths in masks {
+        let mut reads = Vec::new();
+        for _ in 0..2 {
+            reads.push(
+                app.try_get_masked(by_id(p), paths, 0)
+                    .await
+                    .expect("GetProfile"),
+            );
+        }
+        for _ in 0..2 {
+            let r = app
+                .profiles
+                .clone()
                 .batch_get_profiles(pb::BatchGetProfilesRequest {
-                    profiles: vec![by_id(&p)],
+                    profiles: vec![by_id(p), by_id(UNKNOWN_ID)],
                     read_mask: mask(paths),
                 })
                 .await
                 .expect("BatchGetProfiles")
                 .into_inner();
-            match r.results.into_iter().next().and_then(|x| x.result) {
-                Some(KeyResult::Profile(p)) => p,
+            let mut results = r.results.into_iter().map(|x| x.result);
+            match results.next().flatten() {
+                Some(KeyResult::Profile(p)) => reads.push(p),
                 other => panic!("BatchGetProfiles answered {other:?}"),
             }
-        }
-    };
-    let mut first_full = None;
-    for round in ["cold", "kept", "two days later", "after a write"] {
-        match round {
-            "two days later" => app.advance(Duration::hours(49)),
-            "after a write" => {
-                app.update(
-                    by_id(&p),
-                    pb::ProfileAttributes {
-                        city: Some("York".into()),
-                        ..Default::default()
-                    },
-                    &["attributes.city"],
-                    app.now(),
-                )
-                .await;
-            }
-            _ => {}
-        }
-        for paths in masks {
-            for _ in 0..2 {
-                let sent = app
-                    .try_get_masked(by_id(&p), paths, 0)
-                    .await
-                    .expect("GetProfile");
-                assert_eq!(sent, built(paths).await, "{round}, mask {paths:?}");
+            match results.next().flatten() {
+                Some(KeyResult::Error(e)) => {
+                    assert_eq!(e.code, Code::NotFound as i32, "{e:?}")
+                }
+                other => panic!("BatchGetProfiles answered {other:?} for an unknown id"),
             }
         }
-        let full = app.get(by_id(&p)).await;
-        let summary = full.summary.clone().expect("summary");
-        assert_eq!(summary.lifetime_spend.len(), 1, "{round}");
-        assert_eq!(summary.open_cases.len(), 1, "{round}");
-        assert_eq!(full.merged_ids, vec![other.clone()], "{round}");
-        let marketing_email = state_of(&full.consents, Purpose::Marketing, Channel::Email);
-        match round {
-            "cold" => first_full = Some(full),
-            "kept" => assert_eq!(Some(&full), first_full.as_ref()),
-            _ => {
-                let first = first_full.as_ref().expect("the cold read");
-                let score = |p: &pb::Profile| p.summary.as_ref().and_then(|s| s.engagement);
-                assert_ne!(score(&full), score(first), "{round}: scores evaluated now");
-                assert_ne!(
-                    marketing_email,
-                    state_of(&first.consents, Purpose::Marketing, Channel::Email),
-                    "{round}: the two-day grant has expired"
-                );
-            }
+        for (i, r) in reads.iter().enumerate() {
+            assert_eq!(
+                r, &reads[0],
+                "mask {paths:?}: read {i} differs from the first"
+            );
         }
+        out.push(reads);
     }
+    out
 }
