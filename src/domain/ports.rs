@@ -139,7 +139,9 @@ pub trait WriteTx: ReadView {
     fn purge_idempotency_mentioning(&mut self, needles: &[String]) -> Result<usize>;
     /// Next value of the global write counter (attribute tie-breaks, history order).
     fn next_write_seq(&mut self) -> Result<u64>;
-    /// Appends a change event; returns its sequence.
+    /// Appends a change event, or joins it to the one this transaction emitted just before when
+    /// that one is of the same kind, for the same profile and related profiles (one event with
+    /// the later version and both sets of paths); returns its sequence.
     fn emit(&mut self, change: NewChange, at: Timestamp) -> Result<u64>;
     /// Marks the write set as it is now: [`WriteTx::rollback_to_savepoint`] returns to it.
     /// One savepoint at a time (a new one replaces the last); bulk import sets one per line so

@@ -433,3 +433,84 @@ async fn an_import_killed_at_random_moments_resumes_and_imports_each_line_once()
         "in four rounds no kill landed after a committed batch (uninterrupted import {full_ms:.0} ms); the resume path was not exercised"
     );
 }
+
+/// An import line records its consents and interactions one by one, in one transaction: the
+/// change feed shows one event per kind of change a line made to its profile (not one per
+/// interaction), each with the version after the line's last change of that kind, and the
+/// last with the version GetProfile shows.
+#[tokio::test]
+async fn an_import_line_makes_one_change_event_per_kind_with_the_version_it_ends_at() {
+    let mut app = TestApp::spawn().await;
+    app.stop().await;
+    let files = tempfile::tempdir().expect("temporary directory");
+    let input = files.path().join("crm.ndjson");
+    let interaction = |day: u32| {
+        format!(
+            r#"{{"channel":"WEB","direction":"INBOUND","department":"online","type":"page_view","occurred_at":"2026-10-{day:02}T10:00:00Z"}}"#
+        )
+    };
+    let line = format!(
+        r#"{{"identifiers":[{{"kind":"EMAIL","value":"feed@example.com"}}],"attributes":{{"city":"York"}},"consents":[{{"purpose":"MARKETING","channel":"EMAIL","decision":"GRANTED"}},{{"purpose":"SERVICE","channel":"SMS","decision":"DENIED"}}],"interactions":[{},{},{}]}}"#,
+        interaction(1),
+        interaction(2),
+        interaction(3)
+    );
+    write_lines(
+        &input,
+        &[
+            line,
+            r#"{"identifiers":[{"kind":"EMAIL","value":"other@example.com"}]}"#.to_string(),
+        ],
+    );
+    let report = import_file(&app, quiet(&input)).await;
+    assert_eq!(report.this_run.imported, 2);
+    assert_eq!(report.this_run.interactions, 3);
+    app.restart().await;
+
+    let marker = app.watermark().await;
+    let mut stream = app.watch(0).await;
+    let events = next_events(&mut stream, (marker - 1) as usize).await;
+    let sequences: Vec<u64> = events.iter().map(|e| e.sequence).collect();
+    assert_eq!(sequences, (1..marker).collect::<Vec<_>>(), "no gaps");
+    let profile = app.get(by_ident(email("feed@example.com"))).await;
+    let of_line: Vec<&pb::ChangeEvent> = events
+        .iter()
+        .filter(|e| e.profile_id == profile.profile_id)
+        .collect();
+    let kinds: Vec<pb::ChangeKind> = of_line
+        .iter()
+        .map(|e| pb::ChangeKind::try_from(e.kind).expect("known kind"))
+        .collect();
+    for k in [
+        pb::ChangeKind::ProfileCreated,
+        pb::ChangeKind::ProfileUpdated,
+        pb::ChangeKind::ConsentChanged,
+        pb::ChangeKind::InteractionRecorded,
+    ] {
+        assert_eq!(
+            kinds.iter().filter(|x| **x == k).count(),
+            1,
+            "{k:?} once: {kinds:?}"
+        );
+    }
+    let versions: Vec<u64> = of_line.iter().map(|e| e.version).collect();
+    assert!(
+        versions.windows(2).all(|w| w[0] < w[1]),
+        "versions rise along the sequence: {versions:?}"
+    );
+    let last = of_line.last().expect("events of the line");
+    assert_eq!(last.version, profile.version, "{of_line:?}");
+    assert_eq!(
+        pb::ChangeKind::try_from(last.kind).ok(),
+        Some(pb::ChangeKind::InteractionRecorded)
+    );
+    // Three interactions went into that one event: the profile's version counts each write.
+    let consents = of_line[kinds
+        .iter()
+        .position(|k| *k == pb::ChangeKind::ConsentChanged)
+        .expect("consent event")];
+    assert!(
+        last.version >= consents.version + 3,
+        "three interactions after the consents: {of_line:?}"
+    );
+}
