@@ -167,22 +167,11 @@ impl ViewCache {
         }
     }
 
-    /// The view at `now` of the profile `key` names, with the optional `parts` asked for: made
-    /// from the kept snapshot, or from one loaded (every part) and kept. With the cache off,
-    /// loaded as before it existed, only the parts asked for. Call it inside a read.
-    pub fn view(
-        &self,
-        view: &dyn ReadView,
-        key: &ProfileKey,
-        parts: Parts,
-        rules: &Rules,
-        now: Timestamp,
-    ) -> Result<ProfileView> {
-        Ok(self.view_and_snapshot(view, key, parts, rules, now)?.0)
-    }
-
-    /// [`ViewCache::view`], with the snapshot it was made from (`None` with the cache off), for
-    /// readers that keep what they derive from it in its [`Memo`](super::profiles::Memo).
+    /// The view at `now` of the profile `key` names, with the optional `parts` asked for, and
+    /// the snapshot it was made from: the kept snapshot, or one loaded (every part) and kept.
+    /// With the cache off, the view is loaded as before the cache existed, only the parts asked
+    /// for, and there is no snapshot. Readers keep what they derive from the snapshot in its
+    /// [`Memo`](super::profiles::Memo). Call it inside a read.
     pub fn view_and_snapshot(
         &self,
         view: &dyn ReadView,
