@@ -4,7 +4,10 @@
 //! written: profile ids are random UUIDs, methods and principals are names.
 //!
 //! Appends never wait for the disk: entries go to a writer thread that writes and `fdatasync`s
-//! whatever queued up, at most every 200 ms, so an entry is durable within a second.
+//! whatever queued up, at most every 200 ms, so an entry is durable within a second. When a
+//! write fails (a full disk) the writer cuts the file back to its last whole entry and keeps
+//! what it could not write for the next try; until one succeeds, [`AuditLog::failing`] says
+//! why and the auth layer refuses audited calls, so no served call goes unrecorded.
 //! [`verify`] recomputes the chain and names the first entry that does not match.
 
 use std::fs::{File, OpenOptions};
@@ -119,6 +122,15 @@ pub struct AuditLog {
     queue: Mutex<Option<mpsc::Sender<(i64, Access)>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
     clock: std::sync::Arc<dyn Clock>,
+    /// Why the last write of the log failed, while it keeps failing (see [`AuditLog::failing`]).
+    failure: std::sync::Arc<Failure>,
+}
+
+/// Whether (and why) the log cannot be written: a flag the request path reads without a lock.
+#[derive(Default)]
+struct Failure {
+    set: std::sync::atomic::AtomicBool,
+    reason: Mutex<Option<String>>,
 }
 
 /// The log file of a data directory.
@@ -167,14 +179,30 @@ impl AuditLog {
             }
         }
         let (tx, rx) = mpsc::channel::<(i64, Access)>();
-        let writer = std::thread::Builder::new()
-            .name("audit-writer".into())
-            .spawn(move || write_loop(file, chain, rx))?;
+        let failure = std::sync::Arc::new(Failure::default());
+        let writer = {
+            let failure = failure.clone();
+            std::thread::Builder::new()
+                .name("audit-writer".into())
+                .spawn(move || write_loop(file, chain, rx, &failure))?
+        };
         Ok(AuditLog {
             queue: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(writer)),
             clock,
+            failure,
         })
+    }
+
+    /// Why the log cannot be written, while that lasts (a full disk, an I/O error). The entries
+    /// that could not be written are kept and written, in order and chained, once a write
+    /// succeeds; meanwhile calls that would add entries are refused (the auth layer asks here),
+    /// so no access goes unrecorded and the kept entries stay few.
+    pub fn failing(&self) -> Option<String> {
+        if !self.failure.set.load(std::sync::atomic::Ordering::Acquire) {
+            return None;
+        }
+        self.failure.reason.lock().clone()
     }
 
     /// Appends an entry (never waits for the disk). The time is taken here; the chain (sequence,
@@ -240,12 +268,21 @@ fn drop_torn_tail(path: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-fn write_loop(mut file: File, mut chain: Chain, rx: mpsc::Receiver<(i64, Access)>) {
+fn write_loop(
+    mut file: File,
+    mut chain: Chain,
+    rx: mpsc::Receiver<(i64, Access)>,
+    failure: &Failure,
+) {
     let mut open = true;
     let mut lines = Vec::new();
+    // The log's length up to its last whole entry written and synced.
+    let mut good = file.metadata().map(|m| m.len()).unwrap_or(0);
     while open {
         match rx.recv_timeout(SYNC_EVERY) {
             Ok((at, access)) => chain.append(at, access, &mut lines),
+            // Nothing new; entries kept from a failed write are tried again.
+            Err(mpsc::RecvTimeoutError::Timeout) if !lines.is_empty() => {}
             Err(mpsc::RecvTimeoutError::Timeout) => continue,
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
@@ -270,10 +307,49 @@ fn write_loop(mut file: File, mut chain: Chain, rx: mpsc::Receiver<(i64, Access)
                 }
             }
         }
-        if let Err(e) = file.write_all(&lines).and_then(|_| file.sync_data()) {
-            tracing::error!(error = %e, "cannot write the audit log");
+        write_or_keep(&mut file, &mut good, &mut lines, failure);
+    }
+    // Stopping with entries a failed write kept: one last try.
+    if !lines.is_empty() {
+        write_or_keep(&mut file, &mut good, &mut lines, failure);
+        if !lines.is_empty() {
+            tracing::error!(
+                bytes = lines.len(),
+                "the audit log could not be written before stopping; its last entries are lost"
+            );
         }
-        lines.clear();
+    }
+}
+
+/// Appends `lines` and syncs. On failure the file is cut back to its last whole entry (a
+/// partial append would leave a torn line the chain cannot pass) and the lines are kept for the
+/// next try, so the log on disk never skips an entry; `failure` says why until a write succeeds.
+fn write_or_keep(file: &mut File, good: &mut u64, lines: &mut Vec<u8>, failure: &Failure) {
+    if lines.is_empty() {
+        return;
+    }
+    match file.write_all(lines).and_then(|_| file.sync_data()) {
+        Ok(()) => {
+            *good += lines.len() as u64;
+            lines.clear();
+            if failure.reason.lock().take().is_some() {
+                failure
+                    .set
+                    .store(false, std::sync::atomic::Ordering::Release);
+                tracing::warn!("the audit log is written again; calls are served again");
+            }
+        }
+        Err(e) => {
+            let _ = file.set_len(*good);
+            let mut reason = failure.reason.lock();
+            if reason.is_none() {
+                tracing::error!(error = %e, "cannot write the audit log; calls that read or change customer data are refused until it can be written");
+            }
+            *reason = Some(e.to_string());
+            failure
+                .set
+                .store(true, std::sync::atomic::Ordering::Release);
+        }
     }
 }
 

@@ -716,3 +716,74 @@ async fn a_flipped_byte_in_a_stored_value_is_data_loss_not_wrong_data() {
     );
     node.stop().await;
 }
+
+/// The audit log on a full disk. Its writer cuts a failed append back to the last whole entry
+/// and keeps the entries it could not write; meanwhile every audited call is refused with what
+/// to do (no access goes unrecorded). Once space returns the kept entries are written, calls are
+/// served again, and the chain verifies with exactly one entry per call that was served.
+#[tokio::test]
+async fn a_full_disk_under_the_audit_log_refuses_calls_until_it_is_written_and_loses_no_entry() {
+    let Some(fs) = Tmpfs::mount(16) else {
+        eprintln!("SKIPPED: cannot mount a tmpfs here (needs root and a container that allows it)");
+        return;
+    };
+    let data = fs.path().join("data");
+    let mut node = try_start(config_at(&data, 4))
+        .await
+        .expect("start on the tmpfs");
+    let kept = node
+        .try_create("audited@example.com")
+        .await
+        .expect("write with space");
+    let mut served = 1u64;
+
+    fs.fill("ballast", 0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let refused = loop {
+        match node.try_get(by_id(&kept)).await {
+            Ok(_) => served += 1,
+            Err(e) => break e,
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no call refused within 10 s of a full disk"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    for says in ["audit log cannot be written", "free space"] {
+        assert!(refused.message().contains(says), "{says:?} in {refused:?}");
+    }
+    // Still refused a moment later: the kept entries are tried again, and fail again.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let again = node
+        .try_get(by_id(&kept))
+        .await
+        .expect_err("refused while the disk is full");
+    assert_eq!(again.code(), Code::Unavailable, "{again:?}");
+
+    std::fs::remove_file(fs.path().join("ballast")).expect("remove ballast");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match node.try_get(by_id(&kept)).await {
+            Ok(p) => {
+                assert_eq!(p.profile_id, kept);
+                served += 1;
+                break;
+            }
+            Err(e) => assert_eq!(e.code(), Code::Unavailable, "{e:?}"),
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "calls not served again within 10 s of space returning"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    node.stop().await;
+    let log = customer_profile::audit::log_path(&data);
+    assert_eq!(
+        customer_profile::audit::verify(&log).expect("verify"),
+        customer_profile::audit::Verdict::Intact { entries: served },
+        "one entry per served call, none lost, none torn"
+    );
+}
