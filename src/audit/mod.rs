@@ -25,6 +25,8 @@ use crate::domain::time::Clock;
 
 /// How often queued entries are written and synced.
 const SYNC_EVERY: Duration = Duration::from_millis(200);
+/// How long a stopping writer keeps trying to write entries a failed write kept.
+const STOP_RETRY: Duration = Duration::from_secs(5);
 /// How often, within that interval, the writer links what is queued.
 const LINK_EVERY: Duration = Duration::from_millis(10);
 
@@ -168,6 +170,8 @@ impl AuditLog {
             }
         }
         let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        // The length up to the last whole entry: a failed append is cut back to it.
+        let good = file.metadata()?.len();
         if created {
             // The new file's name (and the audit directory's) must survive a power loss too.
             file.sync_all()?;
@@ -184,7 +188,7 @@ impl AuditLog {
             let failure = failure.clone();
             std::thread::Builder::new()
                 .name("audit-writer".into())
-                .spawn(move || write_loop(file, chain, rx, &failure))?
+                .spawn(move || write_loop(file, good, chain, rx, &failure))?
         };
         Ok(AuditLog {
             queue: Mutex::new(Some(tx)),
@@ -270,14 +274,13 @@ fn drop_torn_tail(path: &Path) -> std::io::Result<()> {
 
 fn write_loop(
     mut file: File,
+    mut good: u64,
     mut chain: Chain,
     rx: mpsc::Receiver<(i64, Access)>,
     failure: &Failure,
 ) {
     let mut open = true;
     let mut lines = Vec::new();
-    // The log's length up to its last whole entry written and synced.
-    let mut good = file.metadata().map(|m| m.len()).unwrap_or(0);
     while open {
         match rx.recv_timeout(SYNC_EVERY) {
             Ok((at, access)) => chain.append(at, access, &mut lines),
@@ -309,26 +312,41 @@ fn write_loop(
         }
         write_or_keep(&mut file, &mut good, &mut lines, failure);
     }
-    // Stopping with entries a failed write kept: one last try.
-    if !lines.is_empty() {
+    // Stopping with entries a failed write kept: tried again for a while (space may return).
+    let give_up = Instant::now() + STOP_RETRY;
+    while !lines.is_empty() && Instant::now() < give_up {
+        std::thread::sleep(SYNC_EVERY);
         write_or_keep(&mut file, &mut good, &mut lines, failure);
-        if !lines.is_empty() {
-            tracing::error!(
-                bytes = lines.len(),
-                "the audit log could not be written before stopping; its last entries are lost"
-            );
-        }
+    }
+    if !lines.is_empty() {
+        tracing::error!(
+            bytes = lines.len(),
+            "the audit log could not be written before stopping; its last entries are lost"
+        );
     }
 }
 
 /// Appends `lines` and syncs. On failure the file is cut back to its last whole entry (a
 /// partial append would leave a torn line the chain cannot pass) and the lines are kept for the
-/// next try, so the log on disk never skips an entry; `failure` says why until a write succeeds.
+/// next try (about every 0.4 s), so the log on disk never skips an entry; `failure` says why
+/// until a write succeeds.
 fn write_or_keep(file: &mut File, good: &mut u64, lines: &mut Vec<u8>, failure: &Failure) {
     if lines.is_empty() {
         return;
     }
-    match file.write_all(lines).and_then(|_| file.sync_data()) {
+    // Never append after a torn fragment: the file must end at its last whole entry (a cut that
+    // failed before is tried again first).
+    let at_good = file.metadata().and_then(|m| {
+        if m.len() == *good {
+            Ok(())
+        } else {
+            file.set_len(*good)
+        }
+    });
+    match at_good
+        .and_then(|_| file.write_all(lines))
+        .and_then(|_| file.sync_data())
+    {
         Ok(()) => {
             *good += lines.len() as u64;
             lines.clear();

@@ -270,17 +270,19 @@ where
         let path = path.to_string();
         let audit = self.audit.clone().filter(|_| audited(&path));
         let started = Instant::now();
-        // No access without its audit entry: while the log cannot be written, audited calls are
-        // refused before they run (and, as nothing can record them, without an entry).
-        if let Some(why) = audit.as_ref().and_then(|log| log.failing()) {
-            let status = Status::unavailable(format!(
-                "the audit log cannot be written ({why}); calls are refused until it can: free space on the data directory's volume"
-            ));
-            observe(&path, method.as_deref(), status.code(), started);
-            let response = status.into_http::<ResBody>();
-            return Box::pin(async move { Ok(response) });
-        }
         match self.auth.check(&req) {
+            // No access without its audit entry: while the log cannot be written, an
+            // authenticated caller's audited calls are refused before they run (and, as nothing
+            // can record them, without an entry).
+            Ok(_) if audit.as_ref().is_some_and(|log| log.failing().is_some()) => {
+                let why = audit.and_then(|log| log.failing()).unwrap_or_default();
+                let status = Status::unavailable(format!(
+                    "the audit log cannot be written ({why}); calls are refused until it can: free space on the data directory's volume"
+                ));
+                observe(&path, method.as_deref(), status.code(), started);
+                let response = status.into_http::<ResBody>();
+                Box::pin(async move { Ok(response) })
+            }
             Ok(principal) => {
                 let name = principal.as_ref().map(|p| p.name.clone());
                 if let Some(p) = principal {
