@@ -270,12 +270,12 @@ where
         let path = path.to_string();
         let audit = self.audit.clone().filter(|_| audited(&path));
         let started = Instant::now();
-        match self.auth.check(&req) {
+        let audit_failure = audit.as_ref().and_then(|log| log.failing());
+        match (self.auth.check(&req), audit_failure) {
             // No access without its audit entry: while the log cannot be written, an
             // authenticated caller's audited calls are refused before they run (and, as nothing
             // can record them, without an entry).
-            Ok(_) if audit.as_ref().is_some_and(|log| log.failing().is_some()) => {
-                let why = audit.and_then(|log| log.failing()).unwrap_or_default();
+            (Ok(_), Some(why)) => {
                 let status = Status::unavailable(format!(
                     "the audit log cannot be written ({why}); calls are refused until it can: free space on the data directory's volume"
                 ));
@@ -283,7 +283,7 @@ where
                 let response = status.into_http::<ResBody>();
                 Box::pin(async move { Ok(response) })
             }
-            Ok(principal) => {
+            (Ok(principal), None) => {
                 let name = principal.as_ref().map(|p| p.name.clone());
                 if let Some(p) = principal {
                     req.extensions_mut().insert(p);
@@ -312,7 +312,7 @@ where
                     Ok(resp)
                 })
             }
-            Err(status) => {
+            (Err(status), _) => {
                 observe(&path, method.as_deref(), status.code(), started);
                 if let Some(log) = audit {
                     let who = self.auth.authenticate(&req).ok();
