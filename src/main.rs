@@ -210,19 +210,37 @@ async fn run() -> anyhow::Result<()> {
         let mut out = std::io::stdout().lock();
         use std::io::Write;
         return match verdict {
-            customer_profile::audit::Verdict::Intact { entries } => {
+            customer_profile::audit::Verdict::Intact { entries, first_seq } => {
+                let files = customer_profile::audit::rotated_files(&path)?.len();
+                let files = if files == 0 {
+                    String::new()
+                } else {
+                    format!(
+                        " in {} files (the active one and {files} rotated)",
+                        files + 1
+                    )
+                };
+                let from = if first_seq > 1 {
+                    format!(
+                        "; it begins at entry {first_seq}: the {} before were in rotated files since deleted (audit.keep_files), so that entry's link back cannot be checked",
+                        first_seq - 1
+                    )
+                } else {
+                    String::new()
+                };
                 writeln!(
                     out,
-                    "audit log {} is intact: {entries} entries",
+                    "audit log {} is intact: {entries} entries{files}{from}",
                     path.display()
                 )?;
                 Ok(())
             }
-            customer_profile::audit::Verdict::Broken { line, reason } => {
+            customer_profile::audit::Verdict::Broken { file, line, reason } => {
                 writeln!(
                     out,
-                    "audit log {} is BROKEN at line {line}: {reason}",
-                    path.display()
+                    "audit log {} is BROKEN at line {line} of {}: {reason}",
+                    path.display(),
+                    file.display()
                 )?;
                 std::process::exit(1);
             }

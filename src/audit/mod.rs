@@ -8,7 +8,10 @@
 //! write fails (a full disk) the writer cuts the file back to its last whole entry and keeps
 //! what it could not write for the next try; until one succeeds, [`AuditLog::failing`] says
 //! why and the auth layer refuses audited calls, so no served call goes unrecorded.
-//! [`verify`] recomputes the chain and names the first entry that does not match.
+//! A full file is closed under the sequence of its first entry and the chain continues in a new
+//! one; the oldest closed files past a number kept are deleted ([`Rotation`]).
+//! [`verify`] recomputes the chain across the files and names the first entry that does not
+//! match.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
@@ -135,60 +138,164 @@ struct Failure {
     reason: Mutex<Option<String>>,
 }
 
-/// The log file of a data directory.
+/// When the log moves on to a new file, and how many closed files it keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rotation {
+    /// Once the active file (`audit.log`) holds at least this many bytes it is closed, renamed
+    /// `audit.log.<seq of its first entry, 20 digits>` and a new `audit.log` continues the chain
+    /// (0: never).
+    pub max_file_bytes: u64,
+    /// Closed files kept; past this many the oldest are deleted (0: every one is kept).
+    pub keep_files: usize,
+}
+
+impl Rotation {
+    /// One file that only grows.
+    pub const NEVER: Rotation = Rotation {
+        max_file_bytes: 0,
+        keep_files: 0,
+    };
+}
+
+/// The log file of a data directory (the active one; closed ones sit beside it, see
+/// [`Rotation`]).
 pub fn log_path(data_dir: &Path) -> PathBuf {
     data_dir.join("audit").join("audit.log")
 }
 
+/// The name a closed file takes: the active file's name, a dot, and the sequence of its first
+/// entry in 20 digits, so that name order is chain order.
+fn rotated_path(active: &Path, first_seq: u64) -> PathBuf {
+    let mut name = active.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".{first_seq:020}"));
+    active.with_file_name(name)
+}
+
+/// The closed files beside `active`, oldest first, with the sequence their name says they
+/// start at.
+pub fn rotated_files(active: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
+    let Some(dir) = active.parent() else {
+        return Ok(Vec::new());
+    };
+    let prefix = format!(
+        "{}.",
+        active.file_name().unwrap_or_default().to_string_lossy()
+    );
+    let mut out = Vec::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(digits) = name.to_str().and_then(|n| n.strip_prefix(prefix.as_str())) else {
+            continue;
+        };
+        if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        if let Ok(seq) = digits.parse::<u64>() {
+            out.push((seq, entry.path()));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// The last whole entry of a file (`None` for a missing or empty file), read from its end.
+fn last_entry(path: &Path) -> std::io::Result<Option<Stored>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let len = file.metadata()?.len();
+    // Entries are a few hundred bytes; one naming a thousand profiles is about 40 KiB.
+    let mut window = 64 * 1024u64;
+    loop {
+        let start = len.saturating_sub(window);
+        let mut buf = vec![0u8; (len - start) as usize];
+        file.seek(SeekFrom::Start(start))?;
+        file.read_exact(&mut buf)?;
+        let body = buf.strip_suffix(b"\n").unwrap_or(&buf);
+        match body.iter().rposition(|b| *b == b'\n') {
+            Some(i) => return Ok(parse_line(&body[i + 1..])),
+            None if start == 0 => return Ok(parse_line(body)),
+            None => window = window.saturating_mul(4),
+        }
+    }
+}
+
+fn parse_line(line: &[u8]) -> Option<Stored> {
+    if line.iter().all(u8::is_ascii_whitespace) {
+        return None;
+    }
+    serde_json::from_slice(line).ok()
+}
+
+/// The sequence of a file's first entry (`None` for a missing or empty file).
+fn first_entry_seq(path: &Path) -> std::io::Result<Option<u64>> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut line = Vec::new();
+    BufReader::new(file).read_until(b'\n', &mut line)?;
+    Ok(parse_line(&line).map(|s| s.entry.seq))
+}
+
 impl AuditLog {
-    /// Opens (or creates) the log, continuing the chain from its last entry.
-    pub fn open(data_dir: &Path, clock: std::sync::Arc<dyn Clock>) -> std::io::Result<AuditLog> {
+    /// Opens (or creates) the log, continuing the chain from its last entry (in the newest
+    /// closed file when the active one is missing or empty: a stop between a rotation's rename
+    /// and the first entry of the new file).
+    pub fn open(
+        data_dir: &Path,
+        clock: std::sync::Arc<dyn Clock>,
+        rotation: Rotation,
+    ) -> std::io::Result<AuditLog> {
         let path = log_path(data_dir);
-        let created = !path.exists();
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        if !created {
+        if path.exists() {
             drop_torn_tail(&path)?;
         }
-        let mut chain = Chain {
-            seq: 0,
-            prev: GENESIS.to_string(),
+        let last = match last_entry(&path)? {
+            Some(s) => Some(s),
+            None => match rotated_files(&path)?.last() {
+                Some((_, newest)) => last_entry(newest)?,
+                None => None,
+            },
         };
-        if path.exists() {
-            let reader = BufReader::new(File::open(&path)?);
-            if let Some(last) = reader
-                .lines()
-                .map_while(Result::ok)
-                .filter(|l| !l.trim().is_empty())
-                .last()
-            {
-                if let Ok(s) = serde_json::from_str::<Stored>(&last) {
-                    chain.seq = s.entry.seq;
-                    chain.prev = s.hash;
-                }
-            }
-        }
-        let file = OpenOptions::new().create(true).append(true).open(&path)?;
-        // The length up to the last whole entry: a failed append is cut back to it.
-        let good = file.metadata()?.len();
-        if created {
-            // The new file's name (and the audit directory's) must survive a power loss too.
-            file.sync_all()?;
-            for dir in [path.parent(), path.parent().and_then(Path::parent)]
-                .into_iter()
-                .flatten()
-            {
-                crate::store::sync_dir(dir)?;
-            }
-        }
+        let chain = match last {
+            Some(s) => Chain {
+                seq: s.entry.seq,
+                prev: s.hash,
+            },
+            None => Chain {
+                seq: 0,
+                prev: GENESIS.to_string(),
+            },
+        };
+        let mut sink = Sink {
+            first_seq: first_entry_seq(&path)?.unwrap_or(chain.seq + 1),
+            path,
+            file: None,
+            good: 0,
+            rotation,
+        };
+        sink.file()?;
         let (tx, rx) = mpsc::channel::<(i64, Access)>();
         let failure = std::sync::Arc::new(Failure::default());
         let writer = {
             let failure = failure.clone();
             std::thread::Builder::new()
                 .name("audit-writer".into())
-                .spawn(move || write_loop(file, good, chain, rx, &failure))?
+                .spawn(move || write_loop(sink, chain, rx, &failure))?
         };
         Ok(AuditLog {
             queue: Mutex::new(Some(tx)),
@@ -272,9 +379,142 @@ fn drop_torn_tail(path: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The active file as the writer thread holds it.
+struct Sink {
+    /// `audit.log`.
+    path: PathBuf,
+    /// Open for appending; `None` after a rotation until the next write creates the new file
+    /// (or after creating it failed).
+    file: Option<File>,
+    /// The file's length up to its last whole entry: a failed append is cut back to it.
+    good: u64,
+    /// The sequence of the active file's first entry (its name once rotated).
+    first_seq: u64,
+    rotation: Rotation,
+}
+
+impl Sink {
+    /// The active file, opened (or created, with its name made durable) if need be.
+    fn file(&mut self) -> std::io::Result<&mut File> {
+        if self.file.is_none() {
+            let created = !self.path.exists();
+            let file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)?;
+            if created {
+                // The new file's name (and the audit directory's) must survive a power loss.
+                file.sync_all()?;
+                for dir in [
+                    self.path.parent(),
+                    self.path.parent().and_then(Path::parent),
+                ]
+                .into_iter()
+                .flatten()
+                {
+                    crate::store::sync_dir(dir)?;
+                }
+            }
+            self.good = file.metadata()?.len();
+            self.file = Some(file);
+        }
+        match self.file.as_mut() {
+            Some(f) => Ok(f),
+            None => Err(std::io::Error::other("the audit log file is not open")),
+        }
+    }
+
+    /// Appends `lines` and syncs; on failure cuts the file back to its last whole entry.
+    fn append(&mut self, lines: &[u8]) -> std::io::Result<()> {
+        let good = self.good;
+        let file = self.file()?;
+        // Never append after a torn fragment: the file must end at its last whole entry (a cut
+        // that failed before is tried again first).
+        let result = file
+            .metadata()
+            .and_then(|m| {
+                if m.len() == good {
+                    Ok(())
+                } else {
+                    file.set_len(good)
+                }
+            })
+            .and_then(|_| file.write_all(lines))
+            .and_then(|_| file.sync_data());
+        match result {
+            Ok(()) => {
+                self.good += lines.len() as u64;
+                Ok(())
+            }
+            Err(e) => {
+                let _ = file.set_len(good);
+                Err(e)
+            }
+        }
+    }
+
+    /// Closes the active file under its rotated name once it is full, then deletes the closed
+    /// files past the number kept. `next_seq` is the sequence of the next entry (the new file's
+    /// first). A failure is logged and the same file goes on growing (tried again after the
+    /// next write): rotation never costs an entry.
+    fn rotate_if_full(&mut self, next_seq: u64) {
+        if self.rotation.max_file_bytes == 0 || self.good < self.rotation.max_file_bytes {
+            return;
+        }
+        let rotated = rotated_path(&self.path, self.first_seq);
+        self.file = None;
+        let renamed =
+            std::fs::rename(&self.path, &rotated).and_then(|_| match self.path.parent() {
+                Some(dir) => crate::store::sync_dir(dir),
+                None => Ok(()),
+            });
+        if let Err(e) = renamed {
+            tracing::error!(error = %e, file = %rotated.display(), "cannot rotate the audit log; the active file goes on growing");
+            return;
+        }
+        tracing::info!(file = %rotated.display(), first_seq = self.first_seq, last_seq = next_seq - 1, "audit log rotated");
+        self.first_seq = next_seq;
+        self.good = 0;
+        if let Err(e) = self.file() {
+            // The next write tries again (and refuses calls while it cannot).
+            tracing::error!(error = %e, "cannot create the new audit log file");
+        }
+        self.delete_past_kept();
+    }
+
+    /// Deletes the oldest closed files beyond [`Rotation::keep_files`].
+    fn delete_past_kept(&self) {
+        if self.rotation.keep_files == 0 {
+            return;
+        }
+        let files = match rotated_files(&self.path) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot list the rotated audit log files");
+                return;
+            }
+        };
+        let excess = files.len().saturating_sub(self.rotation.keep_files);
+        for (first_seq, file) in files.into_iter().take(excess) {
+            match std::fs::remove_file(&file) {
+                Ok(()) => {
+                    tracing::info!(file = %file.display(), first_seq, "rotated audit log file deleted (audit.keep_files)")
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, file = %file.display(), "cannot delete a rotated audit log file")
+                }
+            }
+        }
+        if excess > 0 {
+            if let Some(dir) = self.path.parent() {
+                let _ = crate::store::sync_dir(dir);
+            }
+        }
+    }
+}
+
 fn write_loop(
-    mut file: File,
-    mut good: u64,
+    mut sink: Sink,
     mut chain: Chain,
     rx: mpsc::Receiver<(i64, Access)>,
     failure: &Failure,
@@ -310,13 +550,13 @@ fn write_loop(
                 }
             }
         }
-        write_or_keep(&mut file, &mut good, &mut lines, failure);
+        write_or_keep(&mut sink, &mut lines, failure, chain.seq + 1);
     }
     // Stopping with entries a failed write kept: tried again for a while (space may return).
     let give_up = Instant::now() + STOP_RETRY;
     while !lines.is_empty() && Instant::now() < give_up {
         std::thread::sleep(SYNC_EVERY);
-        write_or_keep(&mut file, &mut good, &mut lines, failure);
+        write_or_keep(&mut sink, &mut lines, failure, chain.seq + 1);
     }
     if !lines.is_empty() {
         tracing::error!(
@@ -326,29 +566,17 @@ fn write_loop(
     }
 }
 
-/// Appends `lines` and syncs. On failure the file is cut back to its last whole entry (a
-/// partial append would leave a torn line the chain cannot pass) and the lines are kept for the
-/// next try (about every 0.4 s), so the log on disk never skips an entry; `failure` says why
-/// until a write succeeds.
-fn write_or_keep(file: &mut File, good: &mut u64, lines: &mut Vec<u8>, failure: &Failure) {
+/// Appends `lines` and syncs, then rotates a full file (`next_seq`: the sequence the next
+/// entry will have). On failure the file is cut back to its last whole entry (a partial append
+/// would leave a torn line the chain cannot pass) and the lines are kept for the next try
+/// (about every 0.4 s), so the log on disk never skips an entry; `failure` says why until a
+/// write succeeds.
+fn write_or_keep(sink: &mut Sink, lines: &mut Vec<u8>, failure: &Failure, next_seq: u64) {
     if lines.is_empty() {
         return;
     }
-    // Never append after a torn fragment: the file must end at its last whole entry (a cut that
-    // failed before is tried again first).
-    let at_good = file.metadata().and_then(|m| {
-        if m.len() == *good {
-            Ok(())
-        } else {
-            file.set_len(*good)
-        }
-    });
-    match at_good
-        .and_then(|_| file.write_all(lines))
-        .and_then(|_| file.sync_data())
-    {
+    match sink.append(lines) {
         Ok(()) => {
-            *good += lines.len() as u64;
             lines.clear();
             if failure.reason.lock().take().is_some() {
                 failure
@@ -356,9 +584,9 @@ fn write_or_keep(file: &mut File, good: &mut u64, lines: &mut Vec<u8>, failure: 
                     .store(false, std::sync::atomic::Ordering::Release);
                 tracing::warn!("the audit log is written again; calls are served again");
             }
+            sink.rotate_if_full(next_seq);
         }
         Err(e) => {
-            let _ = file.set_len(*good);
             let mut reason = failure.reason.lock();
             if reason.is_none() {
                 tracing::error!(error = %e, "cannot write the audit log; calls that read or change customer data are refused until it can be written");
@@ -378,65 +606,104 @@ pub enum Verdict {
     Intact {
         /// Entries checked.
         entries: u64,
+        /// The sequence of the first entry kept: 1, or where the oldest closed file kept
+        /// begins when older ones were deleted ([`Rotation::keep_files`]); that entry's link
+        /// to the one before cannot be checked.
+        first_seq: u64,
     },
     /// The first entry that does not.
     Broken {
-        /// Line number, from 1.
+        /// The file it is in.
+        file: PathBuf,
+        /// Line number in that file, from 1.
         line: u64,
         /// What is wrong.
         reason: String,
     },
 }
 
-/// Recomputes the chain of the log at `path`.
+/// Recomputes the chain of the log whose active file is at `path`, through its closed files
+/// (oldest first) and then the active one. A missing file in the middle, an entry changed,
+/// moved or removed, or a file whose name does not match its first entry breaks it.
 pub fn verify(path: &Path) -> std::io::Result<Verdict> {
-    let reader = BufReader::new(File::open(path)?);
-    let mut prev = GENESIS.to_string();
-    let mut expected_seq = 1u64;
-    let mut n = 0u64;
-    for (i, line) in reader.split(b'\n').enumerate() {
-        let line_no = i as u64 + 1;
-        let line = line?;
-        if line.is_empty() {
-            continue;
-        }
-        let broken = |reason: String| {
-            Ok(Verdict::Broken {
-                line: line_no,
-                reason,
-            })
-        };
-        let Ok(text) = std::str::from_utf8(&line) else {
-            return broken("not UTF-8".into());
-        };
-        let stored: Stored = match serde_json::from_str(text) {
-            Ok(s) => s,
-            Err(e) => return broken(format!("unreadable entry: {e}")),
-        };
-        if stored.entry.seq != expected_seq {
-            return broken(format!(
-                "entry {} where {expected_seq} was expected (an entry is missing or moved)",
-                stored.entry.seq
-            ));
-        }
-        if stored.entry.prev != prev {
-            return broken(format!(
-                "entry {} does not link to the entry before it",
-                stored.entry.seq
-            ));
-        }
-        let h = hash_of(&stored.entry);
-        if h != stored.hash {
-            return broken(format!(
-                "entry {} was changed: its content does not match its hash",
-                stored.entry.seq
-            ));
-        }
-        prev = h;
-        expected_seq += 1;
-        n += 1;
+    let mut files: Vec<(Option<u64>, PathBuf)> = rotated_files(path)?
+        .into_iter()
+        .map(|(seq, p)| (Some(seq), p))
+        .collect();
+    if path.exists() || files.is_empty() {
+        files.push((None, path.to_path_buf()));
     }
-    Ok(Verdict::Intact { entries: n })
+    // The next entry's expected sequence and link (None before the first entry).
+    let mut expected: Option<(u64, String)> = None;
+    let mut first_seq = 1;
+    let mut n = 0u64;
+    for (named_seq, file) in files {
+        let reader = BufReader::new(File::open(&file)?);
+        let mut first_of_file = true;
+        for (i, line) in reader.split(b'\n').enumerate() {
+            let line = line?;
+            if line.is_empty() {
+                continue;
+            }
+            let broken = |reason: String| {
+                Ok(Verdict::Broken {
+                    file: file.clone(),
+                    line: i as u64 + 1,
+                    reason,
+                })
+            };
+            let Ok(text) = std::str::from_utf8(&line) else {
+                return broken("not UTF-8".into());
+            };
+            let stored: Stored = match serde_json::from_str(text) {
+                Ok(s) => s,
+                Err(e) => return broken(format!("unreadable entry: {e}")),
+            };
+            let seq = stored.entry.seq;
+            if first_of_file {
+                if let Some(named) = named_seq.filter(|named| *named != seq) {
+                    return broken(format!(
+                        "the file's name says it begins at entry {named} but it begins at {seq} (renamed?)"
+                    ));
+                }
+                first_of_file = false;
+            }
+            match &expected {
+                Some((want, _)) if seq != *want => {
+                    return broken(format!(
+                        "entry {seq} where {want} was expected (an entry or a file is missing or moved)"
+                    ));
+                }
+                Some((_, prev)) if stored.entry.prev != *prev => {
+                    return broken(format!("entry {seq} does not link to the entry before it"));
+                }
+                Some(_) => {}
+                None => {
+                    // The first entry kept: the genesis link, or (older files deleted by
+                    // retention) a link that cannot be checked.
+                    if seq == 1 && stored.entry.prev != GENESIS {
+                        return broken("entry 1 does not begin the chain".into());
+                    }
+                    if seq == 0 {
+                        return broken("entry 0: sequences begin at 1".into());
+                    }
+                    first_seq = seq;
+                }
+            }
+            let h = hash_of(&stored.entry);
+            if h != stored.hash {
+                return broken(format!(
+                    "entry {seq} was changed: its content does not match its hash"
+                ));
+            }
+            expected = Some((seq + 1, h));
+            n += 1;
+        }
+    }
+    Ok(Verdict::Intact {
+        entries: n,
+        first_seq,
+    })
 }
 
 /// Profile ids a handler touched, carried to the auth layer in the response extensions.
@@ -528,7 +795,7 @@ mod tests {
     fn a_torn_last_entry_is_cut_off_and_the_chain_continues() -> std::io::Result<()> {
         let dir = tempfile::tempdir()?;
         let clock = std::sync::Arc::new(ManualClock::new(Timestamp(1_795_428_000_000_000)));
-        let log = AuditLog::open(dir.path(), clock.clone())?;
+        let log = AuditLog::open(dir.path(), clock.clone(), Rotation::NEVER)?;
         log.record(access(1));
         log.record(access(2));
         log.close();
@@ -537,10 +804,194 @@ mod tests {
         f.write_all(br#"{"seq":3,"at":17954280"#)?;
         drop(f);
 
-        let log = AuditLog::open(dir.path(), clock)?;
+        let log = AuditLog::open(dir.path(), clock, Rotation::NEVER)?;
         log.record(access(3));
         log.close();
-        assert_eq!(verify(&path)?, Verdict::Intact { entries: 3 });
+        assert_eq!(
+            verify(&path)?,
+            Verdict::Intact {
+                entries: 3,
+                first_seq: 1
+            }
+        );
+        Ok(())
+    }
+
+    /// Opens the log of `dir`, records `n` entries and closes it (one write, then a rotation
+    /// if the file is full).
+    fn round(dir: &Path, rotation: Rotation, n: usize) -> std::io::Result<()> {
+        let clock = std::sync::Arc::new(ManualClock::new(Timestamp(1_795_428_000_000_000)));
+        let log = AuditLog::open(dir, clock, rotation)?;
+        for i in 0..n {
+            log.record(access(i));
+        }
+        log.close();
+        Ok(())
+    }
+
+    fn first_seqs(dir: &Path) -> std::io::Result<Vec<u64>> {
+        Ok(rotated_files(&log_path(dir))?
+            .into_iter()
+            .map(|(seq, _)| seq)
+            .collect())
+    }
+
+    /// A full file is closed under the sequence of its first entry, the chain goes on in the
+    /// next file (also across restarts), only the newest `keep_files` closed files stay, and
+    /// `verify` checks the chain across the files from the oldest kept entry.
+    #[test]
+    fn full_files_rotate_the_oldest_past_the_kept_are_deleted_and_the_chain_verifies_across_files()
+    -> std::io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        // Ten entries are about 1,600 bytes: every round fills a file.
+        let rotation = Rotation {
+            max_file_bytes: 1_000,
+            keep_files: 3,
+        };
+        for _ in 0..6 {
+            round(dir.path(), rotation, 10)?;
+        }
+        assert_eq!(first_seqs(dir.path())?, vec![31, 41, 51]);
+        let active = log_path(dir.path());
+        assert_eq!(
+            std::fs::metadata(&active)?.len(),
+            0,
+            "a new, empty active file"
+        );
+        assert_eq!(
+            verify(&active)?,
+            Verdict::Intact {
+                entries: 30,
+                first_seq: 31
+            }
+        );
+        // Below the size, the active file just grows; the chain continues from the newest
+        // closed file.
+        round(dir.path(), rotation, 2)?;
+        assert_eq!(first_entry_seq(&active)?, Some(61));
+        assert_eq!(first_seqs(dir.path())?, vec![31, 41, 51]);
+        assert_eq!(
+            verify(&active)?,
+            Verdict::Intact {
+                entries: 32,
+                first_seq: 31
+            }
+        );
+
+        // keep_files = 0 keeps every file.
+        let dir = tempfile::tempdir()?;
+        let keep_all = Rotation {
+            max_file_bytes: 1_000,
+            keep_files: 0,
+        };
+        for _ in 0..4 {
+            round(dir.path(), keep_all, 10)?;
+        }
+        assert_eq!(first_seqs(dir.path())?, vec![1, 11, 21, 31]);
+        assert_eq!(
+            verify(&log_path(dir.path()))?,
+            Verdict::Intact {
+                entries: 40,
+                first_seq: 1
+            }
+        );
+        Ok(())
+    }
+
+    /// Several rotations in one run of the writer name each file after its own first entry.
+    #[test]
+    fn rotations_within_one_run_name_each_file_after_its_first_entry() -> std::io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let rotation = Rotation {
+            max_file_bytes: 1_000,
+            keep_files: 0,
+        };
+        let clock = std::sync::Arc::new(ManualClock::new(Timestamp(1_795_428_000_000_000)));
+        let log = AuditLog::open(dir.path(), clock, rotation)?;
+        let active = log_path(dir.path());
+        for round in 1..=3u64 {
+            for i in 0..10 {
+                log.record(access(i));
+            }
+            // Wait (bounded) until the writer has written the round, so each round is a file.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while first_seqs(dir.path())?.len() < round as usize {
+                assert!(
+                    Instant::now() < deadline,
+                    "round {round} not written in 10 s"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        log.close();
+        assert_eq!(first_seqs(dir.path())?, vec![1, 11, 21]);
+        assert_eq!(
+            verify(&active)?,
+            Verdict::Intact {
+                entries: 30,
+                first_seq: 1
+            }
+        );
+        Ok(())
+    }
+
+    /// A stop after a rotation's rename and before the new file has an entry (or exists): the
+    /// next open continues the chain from the closed file.
+    #[test]
+    fn a_stop_between_the_rename_and_the_new_file_continues_the_chain() -> std::io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        round(dir.path(), Rotation::NEVER, 5)?;
+        let active = log_path(dir.path());
+        std::fs::rename(&active, rotated_path(&active, 1))?;
+        round(dir.path(), Rotation::NEVER, 1)?;
+        assert_eq!(first_entry_seq(&active)?, Some(6));
+        assert_eq!(
+            verify(&active)?,
+            Verdict::Intact {
+                entries: 6,
+                first_seq: 1
+            }
+        );
+        Ok(())
+    }
+
+    /// A closed file removed from the middle, a file renamed, or an entry changed in a closed
+    /// file is found, and the file is named.
+    #[test]
+    fn a_missing_renamed_or_changed_closed_file_breaks_the_chain() -> std::io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let rotation = Rotation {
+            max_file_bytes: 1_000,
+            keep_files: 0,
+        };
+        for _ in 0..3 {
+            round(dir.path(), rotation, 10)?;
+        }
+        let active = log_path(dir.path());
+        let second = rotated_path(&active, 11);
+        let third = rotated_path(&active, 21);
+        let expect_broken = |want_file: &Path, want: &str| -> std::io::Result<()> {
+            match verify(&active)? {
+                Verdict::Broken { file, reason, .. } => {
+                    assert_eq!(file, want_file, "{reason}");
+                    assert!(reason.contains(want), "{reason}");
+                }
+                other => panic!("not noticed: {other:?}"),
+            }
+            Ok(())
+        };
+
+        let kept = std::fs::read(&second)?;
+        std::fs::remove_file(&second)?;
+        expect_broken(&third, "entry 21 where 11 was expected")?;
+
+        std::fs::write(rotated_path(&active, 12), &kept)?;
+        expect_broken(&rotated_path(&active, 12), "begins at 11")?;
+        std::fs::remove_file(rotated_path(&active, 12))?;
+
+        let text = String::from_utf8(kept).map_err(std::io::Error::other)?;
+        std::fs::write(&second, text.replacen("/m/3", "/m/4", 1))?;
+        expect_broken(&second, "entry 14 was changed")?;
         Ok(())
     }
 

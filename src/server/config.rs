@@ -35,6 +35,8 @@ pub struct Config {
     pub changes: ChangesConfig,
     /// Idempotency key retention.
     pub idempotency: IdempotencyConfig,
+    /// Audit log rotation and retention.
+    pub audit: AuditConfig,
     /// Logging.
     pub log: LogConfig,
     /// Consent lifetimes.
@@ -145,6 +147,7 @@ impl Default for Config {
             storage: StorageConfig::default(),
             identity: IdentityConfig::default(),
             changes: ChangesConfig::default(),
+            audit: AuditConfig::default(),
             idempotency: IdempotencyConfig::default(),
             log: LogConfig::default(),
             consent: ConsentConfig::default(),
@@ -439,6 +442,37 @@ impl Default for IdempotencyConfig {
     }
 }
 
+/// Audit log rotation and retention (`<data_dir>/audit/`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Once `audit.log` holds this many MiB it is closed as `audit.log.<first entry's seq>` and
+    /// a new file continues the hash chain (0: one file that only grows).
+    pub rotate_mb: u64,
+    /// Closed files kept beside the active one; past this many the oldest are deleted, so ship
+    /// them elsewhere first if they must be kept longer (0: keep every file).
+    pub keep_files: usize,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            rotate_mb: 64,
+            keep_files: 16,
+        }
+    }
+}
+
+impl AuditConfig {
+    /// The writer's rotation.
+    pub fn rotation(&self) -> crate::audit::Rotation {
+        crate::audit::Rotation {
+            max_file_bytes: self.rotate_mb.saturating_mul(1024 * 1024),
+            keep_files: self.keep_files,
+        }
+    }
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -470,13 +504,14 @@ impl Default for LogConfig {
 }
 
 /// The top-level keys of [`Config`], the only ones the environment may set.
-pub const CONFIG_SECTIONS: [&str; 17] = [
+pub const CONFIG_SECTIONS: [&str; 18] = [
     "listen",
     "data_dir",
     "storage",
     "identity",
     "changes",
     "idempotency",
+    "audit",
     "log",
     "consent",
     "contact",

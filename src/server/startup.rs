@@ -94,9 +94,9 @@ impl Application {
         );
         store.set_group_commit_delay(Duration::from_micros(config.storage.group_commit_delay_us));
         let audit = Arc::new(
-            AuditLog::open(&config.data_dir, clock.clone()).with_context(|| {
-                format!("opening the audit log in {}", config.data_dir.display())
-            })?,
+            AuditLog::open(&config.data_dir, clock.clone(), config.audit.rotation()).with_context(
+                || format!("opening the audit log in {}", config.data_dir.display()),
+            )?,
         );
         let listener = TcpListener::bind(config.listen)
             .await

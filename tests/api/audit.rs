@@ -64,7 +64,10 @@ async fn every_access_is_one_chained_entry_without_personal_values() {
     );
     assert_eq!(
         audit::verify(&audit::log_path(app.data_dir())).expect("verify"),
-        Verdict::Intact { entries: 6 }
+        Verdict::Intact {
+            entries: 6,
+            first_seq: 1
+        }
     );
 
     // The chain continues across a restart.
@@ -73,7 +76,10 @@ async fn every_access_is_one_chained_entry_without_personal_values() {
     app.stop().await;
     assert_eq!(
         audit::verify(&audit::log_path(app.data_dir())).expect("verify"),
-        Verdict::Intact { entries: 7 }
+        Verdict::Intact {
+            entries: 7,
+            first_seq: 1
+        }
     );
 }
 
@@ -112,7 +118,7 @@ async fn a_flipped_byte_is_found_and_named() {
     bytes[at] ^= 0x01;
     std::fs::write(&path, &bytes).expect("write");
     match audit::verify(&path).expect("verify") {
-        Verdict::Broken { line, reason } => {
+        Verdict::Broken { line, reason, .. } => {
             assert_eq!(line, 3, "{reason}");
             assert!(reason.contains("entry 3"), "{reason}");
         }
@@ -129,4 +135,73 @@ async fn a_flipped_byte_is_found_and_named() {
         text.contains("line 3") && text.contains("entry 3"),
         "{text}"
     );
+}
+
+/// A server whose audit log passes `audit.rotate_mb` closes the file and goes on in a new one,
+/// keeps `audit.keep_files` closed files, and `audit-verify` checks the chain across the files
+/// kept: every call of the run from the oldest kept entry on, each exactly once.
+#[tokio::test]
+async fn the_audit_log_rotates_keeps_the_newest_files_and_verifies_across_them() {
+    let mut app = TestApp::spawn_with(|c| {
+        c.audit.rotate_mb = 1;
+        c.audit.keep_files = 2;
+    })
+    .await;
+    // Entries naming 50 profiles are about 2 KiB: a file fills in about 500 calls.
+    let mut refs = Vec::new();
+    for i in 0..50 {
+        let p = app
+            .create(vec![email(&format!("rotated{i}@example.com"))])
+            .await;
+        refs.push(by_id(&p));
+    }
+    let calls = 2_000;
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let mut client = app.profiles.clone();
+        let refs = refs.clone();
+        tasks.spawn(async move {
+            for _ in 0..calls / 8 {
+                client
+                    .batch_get_profiles(pb::BatchGetProfilesRequest {
+                        profiles: refs.clone(),
+                        read_mask: None,
+                    })
+                    .await
+                    .expect("BatchGetProfiles");
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.expect("caller");
+    }
+    app.stop().await;
+
+    let active = audit::log_path(app.data_dir());
+    let rotated = audit::rotated_files(&active).expect("list");
+    assert_eq!(rotated.len(), 2, "keep_files closed files: {rotated:?}");
+    for (_, file) in &rotated {
+        let len = std::fs::metadata(file).expect("closed file").len();
+        assert!(len >= 1024 * 1024, "a closed file is full: {len} bytes");
+    }
+    let total = 50 + calls as u64;
+    match audit::verify(&active).expect("verify") {
+        Verdict::Intact { entries, first_seq } => {
+            assert!(first_seq > 1, "older files were deleted");
+            assert_eq!(first_seq, rotated[0].0);
+            assert_eq!(first_seq - 1 + entries, total, "every call once, none lost");
+        }
+        broken => panic!("{broken:?}"),
+    }
+    let bin = env!("CARGO_BIN_EXE_customer-profile");
+    let out = std::process::Command::new(bin)
+        .args(["audit-verify", "--data-dir"])
+        .arg(app.data_dir())
+        .output()
+        .expect("run audit-verify");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(text.contains("is intact"), "{text}");
+    assert!(text.contains("2 rotated"), "{text}");
+    assert!(text.contains("since deleted"), "{text}");
 }

@@ -783,7 +783,10 @@ async fn a_full_disk_under_the_audit_log_refuses_calls_until_it_is_written_and_l
     let log = customer_profile::audit::log_path(&data);
     assert_eq!(
         customer_profile::audit::verify(&log).expect("verify"),
-        customer_profile::audit::Verdict::Intact { entries: served },
+        customer_profile::audit::Verdict::Intact {
+            entries: served,
+            first_seq: 1
+        },
         "one entry per served call, none lost, none torn"
     );
 }

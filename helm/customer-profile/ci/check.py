@@ -243,6 +243,8 @@ def check_config(case: str, configmap: dict, values: dict) -> dict:
         ("storage", "min_free_mb"): values["storage"]["minFreeMb"],
         ("changes", "retention_secs"): values["changes"]["retentionSeconds"],
         ("idempotency", "retention_secs"): values["idempotency"]["retentionSeconds"],
+        ("audit", "rotate_mb"): values["audit"]["rotateMb"],
+        ("audit", "keep_files"): values["audit"]["keepFiles"],
         ("consent", "default_grant_months"): values["consent"]["defaultGrantMonths"],
         ("consent", "max_grant_months"): values["consent"]["maxGrantMonths"],
         ("contact", "dedup_window_days"): values["contact"]["dedupWindowDays"],

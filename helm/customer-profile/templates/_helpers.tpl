@@ -121,6 +121,7 @@ deep-merged over them, then the keys the chart owns.
   "storage" (dict "cache_capacity_mb" $v.storage.cacheCapacityMb "min_free_mb" $v.storage.minFreeMb)
   "changes" (dict "retention_secs" $v.changes.retentionSeconds)
   "idempotency" (dict "retention_secs" $v.idempotency.retentionSeconds)
+  "audit" (dict "rotate_mb" $v.audit.rotateMb "keep_files" $v.audit.keepFiles)
   "consent" (dict "default_grant_months" $v.consent.defaultGrantMonths "max_grant_months" $v.consent.maxGrantMonths)
   "contact" (dict "dedup_window_days" $v.contact.dedupWindowDays "caps" $caps "marketing_types" $v.contact.marketingTypes)
   "summary" (dict
