@@ -211,14 +211,12 @@ async fn run() -> anyhow::Result<()> {
         use std::io::Write;
         return match verdict {
             customer_profile::audit::Verdict::Intact { entries, first_seq } => {
-                let files = customer_profile::audit::rotated_files(&path)?.len();
-                let files = if files == 0 {
+                let rotated = customer_profile::audit::rotated_files(&path)?.len();
+                let files = rotated + usize::from(path.exists());
+                let files = if rotated == 0 {
                     String::new()
                 } else {
-                    format!(
-                        " in {} files (the active one and {files} rotated)",
-                        files + 1
-                    )
+                    format!(" in {files} files ({rotated} of them rotated)")
                 };
                 let from = if first_seq > 1 {
                     format!(

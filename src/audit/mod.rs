@@ -204,7 +204,8 @@ pub fn rotated_files(active: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
     Ok(out)
 }
 
-/// The last whole entry of a file (`None` for a missing or empty file), read from its end.
+/// The last whole entry of a file (`None` for a missing or empty file), read from its end. An
+/// unreadable last line is an error: continuing from an earlier entry would fork the chain.
 fn last_entry(path: &Path) -> std::io::Result<Option<Stored>> {
     use std::io::{Read, Seek, SeekFrom};
     let mut file = match File::open(path) {
@@ -222,18 +223,27 @@ fn last_entry(path: &Path) -> std::io::Result<Option<Stored>> {
         file.read_exact(&mut buf)?;
         let body = buf.strip_suffix(b"\n").unwrap_or(&buf);
         match body.iter().rposition(|b| *b == b'\n') {
-            Some(i) => return Ok(parse_line(&body[i + 1..])),
-            None if start == 0 => return Ok(parse_line(body)),
+            Some(i) => return parse_line(path, "last", &body[i + 1..]),
+            None if start == 0 => return parse_line(path, "last", body),
             None => window = window.saturating_mul(4),
         }
     }
 }
 
-fn parse_line(line: &[u8]) -> Option<Stored> {
+/// A line of a log file: `None` when blank, an error naming the file when unreadable.
+fn parse_line(path: &Path, which: &str, line: &[u8]) -> std::io::Result<Option<Stored>> {
     if line.iter().all(u8::is_ascii_whitespace) {
-        return None;
+        return Ok(None);
     }
-    serde_json::from_slice(line).ok()
+    serde_json::from_slice(line).map(Some).map_err(|e| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "the {which} entry of {} is unreadable ({e}); `customer-profile audit-verify` checks the log; move the damaged file aside to go on with a new chain",
+                path.display()
+            ),
+        )
+    })
 }
 
 /// The sequence of a file's first entry (`None` for a missing or empty file).
@@ -245,13 +255,66 @@ fn first_entry_seq(path: &Path) -> std::io::Result<Option<u64>> {
     };
     let mut line = Vec::new();
     BufReader::new(file).read_until(b'\n', &mut line)?;
-    Ok(parse_line(&line).map(|s| s.entry.seq))
+    Ok(parse_line(path, "first", &line)?.map(|s| s.entry.seq))
+}
+
+/// What the log's files alone cannot say once files are closed and deleted, kept durably in
+/// `chain-state.json` beside them: where the chain stood when the newest file was closed (so a
+/// restart continues it even when the closed files were moved away and the active file is still
+/// empty), and where the kept chain begins (so `verify` can tell retention's deletions from
+/// entries cut off the start).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainState {
+    /// The last entry of the most recently closed file.
+    pub head_seq: u64,
+    /// Its hash.
+    pub head_hash: String,
+    /// The first entry kept (1 until retention deletes a file).
+    pub start_seq: u64,
+    /// The hash that entry links to (the genesis hash for entry 1).
+    pub start_prev: String,
+}
+
+impl Default for ChainState {
+    fn default() -> Self {
+        ChainState {
+            head_seq: 0,
+            head_hash: GENESIS.to_string(),
+            start_seq: 1,
+            start_prev: GENESIS.to_string(),
+        }
+    }
+}
+
+fn state_path(active: &Path) -> PathBuf {
+    active.with_file_name("chain-state.json")
+}
+
+/// The log's [`ChainState`] (`None` for a log that never rotated).
+pub fn read_state(active: &Path) -> std::io::Result<Option<ChainState>> {
+    let path = state_path(active);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{} is unreadable: {e}", path.display()),
+        )
+    })
+}
+
+fn write_state(active: &Path, state: &ChainState) -> std::io::Result<()> {
+    let json = serde_json::to_vec(state).map_err(std::io::Error::other)?;
+    crate::store::write_durably(&state_path(active), &json, None)
 }
 
 impl AuditLog {
-    /// Opens (or creates) the log, continuing the chain from its last entry (in the newest
-    /// closed file when the active one is missing or empty: a stop between a rotation's rename
-    /// and the first entry of the new file).
+    /// Opens (or creates) the log, continuing the chain from its last entry: the active file's,
+    /// or while it is still empty after a rotation, the newest closed file's or the recorded
+    /// head (the closed files may have been moved away), whichever is later.
     pub fn open(
         data_dir: &Path,
         clock: std::sync::Arc<dyn Clock>,
@@ -264,28 +327,41 @@ impl AuditLog {
         if path.exists() {
             drop_torn_tail(&path)?;
         }
-        let last = match last_entry(&path)? {
-            Some(s) => Some(s),
-            None => match rotated_files(&path)?.last() {
-                Some((_, newest)) => last_entry(newest)?,
-                None => None,
-            },
-        };
-        let chain = match last {
+        let state = read_state(&path)?;
+        let chain = match last_entry(&path)? {
             Some(s) => Chain {
                 seq: s.entry.seq,
                 prev: s.hash,
             },
-            None => Chain {
-                seq: 0,
-                prev: GENESIS.to_string(),
-            },
+            None => {
+                let mut chain = Chain {
+                    seq: 0,
+                    prev: GENESIS.to_string(),
+                };
+                if let Some((_, newest)) = rotated_files(&path)?.last() {
+                    if let Some(s) = last_entry(newest)? {
+                        chain = Chain {
+                            seq: s.entry.seq,
+                            prev: s.hash,
+                        };
+                    }
+                }
+                match &state {
+                    Some(st) if st.head_seq > chain.seq => Chain {
+                        seq: st.head_seq,
+                        prev: st.head_hash.clone(),
+                    },
+                    _ => chain,
+                }
+            }
         };
         let mut sink = Sink {
             first_seq: first_entry_seq(&path)?.unwrap_or(chain.seq + 1),
             path,
             file: None,
             good: 0,
+            sync_owed: false,
+            state: state.unwrap_or_default(),
             rotation,
         };
         sink.file()?;
@@ -388,23 +464,35 @@ struct Sink {
     file: Option<File>,
     /// The file's length up to its last whole entry: a failed append is cut back to it.
     good: u64,
+    /// The new file or its name is not yet known durable (a sync failed): no entry goes into
+    /// it until one succeeds.
+    sync_owed: bool,
     /// The sequence of the active file's first entry (its name once rotated).
     first_seq: u64,
+    /// The chain's recorded head and start (written before files are renamed or deleted).
+    state: ChainState,
     rotation: Rotation,
 }
 
 impl Sink {
     /// The active file, opened (or created, with its name made durable) if need be.
     fn file(&mut self) -> std::io::Result<&mut File> {
-        if self.file.is_none() {
-            let created = !self.path.exists();
-            let file = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&self.path)?;
-            if created {
-                // The new file's name (and the audit directory's) must survive a power loss.
-                file.sync_all()?;
+        let file = match self.file.take() {
+            Some(f) => f,
+            None => {
+                let created = !self.path.exists();
+                let file = OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&self.path)?;
+                self.good = file.metadata()?.len();
+                self.sync_owed |= created;
+                file
+            }
+        };
+        if self.sync_owed {
+            // The new file's name (and the audit directory's) must survive a power loss.
+            let synced = file.sync_all().and_then(|_| {
                 for dir in [
                     self.path.parent(),
                     self.path.parent().and_then(Path::parent),
@@ -414,14 +502,15 @@ impl Sink {
                 {
                     crate::store::sync_dir(dir)?;
                 }
+                Ok(())
+            });
+            if let Err(e) = synced {
+                self.file = Some(file);
+                return Err(e);
             }
-            self.good = file.metadata()?.len();
-            self.file = Some(file);
+            self.sync_owed = false;
         }
-        match self.file.as_mut() {
-            Some(f) => Ok(f),
-            None => Err(std::io::Error::other("the audit log file is not open")),
-        }
+        Ok(self.file.insert(file))
     }
 
     /// Appends `lines` and syncs; on failure cuts the file back to its last whole entry.
@@ -454,36 +543,52 @@ impl Sink {
     }
 
     /// Closes the active file under its rotated name once it is full, then deletes the closed
-    /// files past the number kept. `next_seq` is the sequence of the next entry (the new file's
-    /// first). A failure is logged and the same file goes on growing (tried again after the
-    /// next write): rotation never costs an entry.
-    fn rotate_if_full(&mut self, next_seq: u64) {
+    /// files past the number kept. `chain` has just been written whole: its last entry ends the
+    /// file. The chain's head is made durable first, so a restart continues it even if the
+    /// closed file is moved away before the new one has an entry. A failure is logged and the
+    /// same file goes on growing (tried again after the next write): rotation never costs an
+    /// entry, and never renames over an existing file.
+    fn rotate_if_full(&mut self, chain: &Chain) {
         if self.rotation.max_file_bytes == 0 || self.good < self.rotation.max_file_bytes {
             return;
         }
         let rotated = rotated_path(&self.path, self.first_seq);
+        if rotated.exists() {
+            tracing::error!(file = %rotated.display(), "cannot rotate the audit log: a file of that name exists (moved back?); the active file goes on growing");
+            return;
+        }
+        let state = ChainState {
+            head_seq: chain.seq,
+            head_hash: chain.prev.clone(),
+            ..self.state.clone()
+        };
+        if let Err(e) = write_state(&self.path, &state) {
+            tracing::error!(error = %e, "cannot record the audit log's head before rotating; the active file goes on growing");
+            return;
+        }
+        self.state = state;
         self.file = None;
-        let renamed =
-            std::fs::rename(&self.path, &rotated).and_then(|_| match self.path.parent() {
-                Some(dir) => crate::store::sync_dir(dir),
-                None => Ok(()),
-            });
-        if let Err(e) = renamed {
+        if let Err(e) = std::fs::rename(&self.path, &rotated) {
             tracing::error!(error = %e, file = %rotated.display(), "cannot rotate the audit log; the active file goes on growing");
             return;
         }
-        tracing::info!(file = %rotated.display(), first_seq = self.first_seq, last_seq = next_seq - 1, "audit log rotated");
-        self.first_seq = next_seq;
+        tracing::info!(file = %rotated.display(), first_seq = self.first_seq, last_seq = chain.seq, "audit log rotated");
+        // Renamed: the next entry begins the new file, whatever happens below.
+        self.first_seq = chain.seq + 1;
         self.good = 0;
+        // The new file's creation syncs the directory, and with it the rename.
+        self.sync_owed = true;
         if let Err(e) = self.file() {
-            // The next write tries again (and refuses calls while it cannot).
+            // The next write tries again (and calls are refused while it cannot).
             tracing::error!(error = %e, "cannot create the new audit log file");
         }
         self.delete_past_kept();
     }
 
-    /// Deletes the oldest closed files beyond [`Rotation::keep_files`].
-    fn delete_past_kept(&self) {
+    /// Deletes the oldest closed files beyond [`Rotation::keep_files`], oldest first, after
+    /// recording where the kept chain will begin; stops at the first file it cannot delete, so
+    /// what stays is always a run of whole files.
+    fn delete_past_kept(&mut self) {
         if self.rotation.keep_files == 0 {
             return;
         }
@@ -495,20 +600,40 @@ impl Sink {
             }
         };
         let excess = files.len().saturating_sub(self.rotation.keep_files);
+        let Some((_, newest_deleted)) = excess.checked_sub(1).and_then(|i| files.get(i)) else {
+            return;
+        };
+        let last = match last_entry(newest_deleted) {
+            Ok(Some(last)) => last,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read a rotated audit log file before deleting it");
+                return;
+            }
+        };
+        let state = ChainState {
+            start_seq: last.entry.seq + 1,
+            start_prev: last.hash,
+            ..self.state.clone()
+        };
+        if let Err(e) = write_state(&self.path, &state) {
+            tracing::error!(error = %e, "cannot record where the audit log will begin; no file deleted");
+            return;
+        }
+        self.state = state;
         for (first_seq, file) in files.into_iter().take(excess) {
             match std::fs::remove_file(&file) {
                 Ok(()) => {
                     tracing::info!(file = %file.display(), first_seq, "rotated audit log file deleted (audit.keep_files)")
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, file = %file.display(), "cannot delete a rotated audit log file")
+                    tracing::error!(error = %e, file = %file.display(), "cannot delete a rotated audit log file; the older ones stay too");
+                    break;
                 }
             }
         }
-        if excess > 0 {
-            if let Some(dir) = self.path.parent() {
-                let _ = crate::store::sync_dir(dir);
-            }
+        if let Some(dir) = self.path.parent() {
+            let _ = crate::store::sync_dir(dir);
         }
     }
 }
@@ -550,13 +675,13 @@ fn write_loop(
                 }
             }
         }
-        write_or_keep(&mut sink, &mut lines, failure, chain.seq + 1);
+        write_or_keep(&mut sink, &mut lines, failure, &chain);
     }
     // Stopping with entries a failed write kept: tried again for a while (space may return).
     let give_up = Instant::now() + STOP_RETRY;
     while !lines.is_empty() && Instant::now() < give_up {
         std::thread::sleep(SYNC_EVERY);
-        write_or_keep(&mut sink, &mut lines, failure, chain.seq + 1);
+        write_or_keep(&mut sink, &mut lines, failure, &chain);
     }
     if !lines.is_empty() {
         tracing::error!(
@@ -566,12 +691,11 @@ fn write_loop(
     }
 }
 
-/// Appends `lines` and syncs, then rotates a full file (`next_seq`: the sequence the next
-/// entry will have). On failure the file is cut back to its last whole entry (a partial append
+/// Appends `lines` and syncs, then rotates a full file (`chain`: the chain as far as `lines`). On failure the file is cut back to its last whole entry (a partial append
 /// would leave a torn line the chain cannot pass) and the lines are kept for the next try
 /// (about every 0.4 s), so the log on disk never skips an entry; `failure` says why until a
 /// write succeeds.
-fn write_or_keep(sink: &mut Sink, lines: &mut Vec<u8>, failure: &Failure, next_seq: u64) {
+fn write_or_keep(sink: &mut Sink, lines: &mut Vec<u8>, failure: &Failure, chain: &Chain) {
     if lines.is_empty() {
         return;
     }
@@ -584,7 +708,7 @@ fn write_or_keep(sink: &mut Sink, lines: &mut Vec<u8>, failure: &Failure, next_s
                     .store(false, std::sync::atomic::Ordering::Release);
                 tracing::warn!("the audit log is written again; calls are served again");
             }
-            sink.rotate_if_full(next_seq);
+            sink.rotate_if_full(chain);
         }
         Err(e) => {
             let mut reason = failure.reason.lock();
@@ -624,11 +748,29 @@ pub enum Verdict {
 
 /// Recomputes the chain of the log whose active file is at `path`, through its closed files
 /// (oldest first) and then the active one. A missing file in the middle, an entry changed,
-/// moved or removed, or a file whose name does not match its first entry breaks it.
+/// moved or removed, a file whose name does not match its first entry, entries missing before
+/// where retention says the log begins, or a log ending before the recorded head breaks it.
+/// A rotation by a running server while the files are read is met by reading them again.
 pub fn verify(path: &Path) -> std::io::Result<Verdict> {
-    let mut files: Vec<(Option<u64>, PathBuf)> = rotated_files(path)?
-        .into_iter()
-        .map(|(seq, p)| (Some(seq), p))
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let before = rotated_files(path)?;
+        let result = verify_files(path, &before);
+        let moved = rotated_files(path)? != before;
+        match result {
+            Ok(v) if !moved || attempt == 3 => return Ok(v),
+            Err(e) if !moved || attempt == 3 => return Err(e),
+            _ => continue,
+        }
+    }
+}
+
+fn verify_files(path: &Path, rotated: &[(u64, PathBuf)]) -> std::io::Result<Verdict> {
+    let state = read_state(path)?.unwrap_or_default();
+    let mut files: Vec<(Option<u64>, PathBuf)> = rotated
+        .iter()
+        .map(|(seq, p)| (Some(*seq), p.clone()))
         .collect();
     if path.exists() || files.is_empty() {
         files.push((None, path.to_path_buf()));
@@ -637,6 +779,7 @@ pub fn verify(path: &Path) -> std::io::Result<Verdict> {
     let mut expected: Option<(u64, String)> = None;
     let mut first_seq = 1;
     let mut n = 0u64;
+    let mut last: Option<(PathBuf, u64)> = None;
     for (named_seq, file) in files {
         let reader = BufReader::new(File::open(&file)?);
         let mut first_of_file = true;
@@ -679,16 +822,34 @@ pub fn verify(path: &Path) -> std::io::Result<Verdict> {
                 }
                 Some(_) => {}
                 None => {
-                    // The first entry kept: the genesis link, or (older files deleted by
-                    // retention) a link that cannot be checked.
+                    // The first entry here: the genesis, where retention says the log begins
+                    // (the link to the deleted entry before it is the recorded one), or an
+                    // older entry a deletion cut short left (checked when the chain reaches
+                    // the recorded start).
                     if seq == 1 && stored.entry.prev != GENESIS {
                         return broken("entry 1 does not begin the chain".into());
                     }
-                    if seq == 0 {
-                        return broken("entry 0: sequences begin at 1".into());
+                    if seq == state.start_seq && stored.entry.prev != state.start_prev {
+                        return broken(format!(
+                            "entry {seq} does not link to the last entry retention deleted"
+                        ));
+                    }
+                    if seq > state.start_seq {
+                        return broken(format!(
+                            "the log begins at entry {seq}, but entries from {} on were kept: entries {}..{} are missing (cut off, or files moved away)",
+                            state.start_seq,
+                            state.start_seq,
+                            seq - 1
+                        ));
                     }
                     first_seq = seq;
                 }
+            }
+            if seq == state.start_seq && expected.is_some() && stored.entry.prev != state.start_prev
+            {
+                return broken(format!(
+                    "entry {seq} does not link to the entry recorded as the one before the kept log"
+                ));
             }
             let h = hash_of(&stored.entry);
             if h != stored.hash {
@@ -697,8 +858,21 @@ pub fn verify(path: &Path) -> std::io::Result<Verdict> {
                 ));
             }
             expected = Some((seq + 1, h));
+            last = Some((file.clone(), i as u64 + 1));
             n += 1;
         }
+    }
+    let last_seq = expected.as_ref().map_or(0, |(next, _)| next - 1);
+    if last_seq < state.head_seq {
+        let (file, line) = last.unwrap_or_else(|| (path.to_path_buf(), 0));
+        return Ok(Verdict::Broken {
+            file,
+            line,
+            reason: format!(
+                "the log ends at entry {last_seq}, but entry {} was written before the last rotation (entries cut off the end, or files moved away)",
+                state.head_seq
+            ),
+        });
     }
     Ok(Verdict::Intact {
         entries: n,
@@ -992,6 +1166,165 @@ mod tests {
         let text = String::from_utf8(kept).map_err(std::io::Error::other)?;
         std::fs::write(&second, text.replacen("/m/3", "/m/4", 1))?;
         expect_broken(&second, "entry 14 was changed")?;
+        Ok(())
+    }
+
+    /// The chain's head is recorded before a file is closed: with the closed files moved away
+    /// while the new file is still empty, a restart continues the chain instead of beginning a
+    /// second one at entry 1 (whose closed files would take the same names).
+    #[test]
+    fn a_restart_continues_the_chain_when_the_closed_files_were_moved_away() -> std::io::Result<()>
+    {
+        let dir = tempfile::tempdir()?;
+        let rotation = Rotation {
+            max_file_bytes: 1_000,
+            keep_files: 0,
+        };
+        round(dir.path(), rotation, 10)?;
+        let active = log_path(dir.path());
+        assert_eq!(std::fs::metadata(&active)?.len(), 0);
+        for (_, file) in rotated_files(&active)? {
+            std::fs::remove_file(file)?;
+        }
+        round(dir.path(), rotation, 1)?;
+        assert_eq!(first_entry_seq(&active)?, Some(11));
+        // What is left verifies as a log missing its beginning.
+        match verify(&active)? {
+            Verdict::Broken { reason, .. } => {
+                assert!(reason.contains("entries 1..10 are missing"), "{reason}")
+            }
+            other => panic!("moved files not noticed: {other:?}"),
+        }
+        Ok(())
+    }
+
+    /// Entries cut off the start of a log that never deleted a file, or off the end of the
+    /// newest closed file, are found: only retention may move where the log begins.
+    #[test]
+    fn entries_cut_off_the_start_or_the_end_are_found() -> std::io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        round(dir.path(), Rotation::NEVER, 10)?;
+        let active = log_path(dir.path());
+        let text = std::fs::read_to_string(&active)?;
+        let rest: String = text.lines().skip(3).map(|l| format!("{l}\n")).collect();
+        std::fs::write(&active, rest)?;
+        match verify(&active)? {
+            Verdict::Broken { line, reason, .. } => {
+                assert_eq!(line, 1);
+                assert!(reason.contains("begins at entry 4"), "{reason}");
+            }
+            other => panic!("a cut start not noticed: {other:?}"),
+        }
+
+        let dir = tempfile::tempdir()?;
+        let rotation = Rotation {
+            max_file_bytes: 1_000,
+            keep_files: 0,
+        };
+        round(dir.path(), rotation, 10)?;
+        let active = log_path(dir.path());
+        let closed = rotated_path(&active, 1);
+        let text = std::fs::read_to_string(&closed)?;
+        let kept: String = text.lines().take(9).map(|l| format!("{l}\n")).collect();
+        std::fs::write(&closed, kept)?;
+        match verify(&active)? {
+            Verdict::Broken { reason, .. } => {
+                assert!(reason.contains("ends at entry 9"), "{reason}")
+            }
+            other => panic!("a cut end not noticed: {other:?}"),
+        }
+        Ok(())
+    }
+
+    /// A deletion cut short (the start recorded, the older files not all deleted) still
+    /// verifies: the chain is checked through the recorded start.
+    #[test]
+    fn a_deletion_cut_short_still_verifies() -> std::io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let keep_all = Rotation {
+            max_file_bytes: 1_000,
+            keep_files: 0,
+        };
+        for _ in 0..4 {
+            round(dir.path(), keep_all, 10)?;
+        }
+        let active = log_path(dir.path());
+        // Retention recorded the start at 21 and deleted only the oldest file.
+        let last_deleted = last_entry(&rotated_path(&active, 11))?
+            .ok_or_else(|| std::io::Error::other("the second file has entries"))?;
+        let state = ChainState {
+            start_seq: 21,
+            start_prev: last_deleted.hash,
+            ..read_state(&active)?.unwrap_or_default()
+        };
+        write_state(&active, &state)?;
+        std::fs::remove_file(rotated_path(&active, 1))?;
+        assert_eq!(
+            verify(&active)?,
+            Verdict::Intact {
+                entries: 30,
+                first_seq: 11
+            }
+        );
+        // A recorded start the chain does not pass through is found.
+        write_state(
+            &active,
+            &ChainState {
+                start_prev: GENESIS.to_string(),
+                ..state
+            },
+        )?;
+        match verify(&active)? {
+            Verdict::Broken { reason, .. } => assert!(reason.contains("entry 21"), "{reason}"),
+            other => panic!("a wrong start not noticed: {other:?}"),
+        }
+        Ok(())
+    }
+
+    /// A rotation never renames over an existing file: with the name taken, the active file
+    /// goes on growing and no entry is lost.
+    #[test]
+    fn a_rotation_never_replaces_an_existing_file() -> std::io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let active = log_path(dir.path());
+        round(dir.path(), Rotation::NEVER, 10)?;
+        let squatter = rotated_path(&active, 1);
+        std::fs::write(&squatter, b"not ours\n")?;
+        let rotation = Rotation {
+            max_file_bytes: 1_000,
+            keep_files: 0,
+        };
+        round(dir.path(), rotation, 10)?;
+        assert_eq!(std::fs::read(&squatter)?, b"not ours\n");
+        assert_eq!(first_entry_seq(&active)?, Some(1));
+        std::fs::remove_file(&squatter)?;
+        assert_eq!(
+            verify(&active)?,
+            Verdict::Intact {
+                entries: 20,
+                first_seq: 1
+            }
+        );
+        Ok(())
+    }
+
+    /// An unreadable last entry stops the open (continuing from an earlier one would fork the
+    /// chain) with a message that says what to do.
+    #[test]
+    fn an_unreadable_last_entry_refuses_the_open() -> std::io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        round(dir.path(), Rotation::NEVER, 2)?;
+        let mut f = OpenOptions::new().append(true).open(log_path(dir.path()))?;
+        f.write_all(b"{\"seq\": garbage}\n")?;
+        drop(f);
+        let clock = std::sync::Arc::new(ManualClock::new(Timestamp(1_795_428_000_000_000)));
+        match AuditLog::open(dir.path(), clock, Rotation::NEVER) {
+            Err(e) => {
+                assert_eq!(e.kind(), std::io::ErrorKind::InvalidData);
+                assert!(e.to_string().contains("audit-verify"), "{e}");
+            }
+            Ok(_) => panic!("opened after an unreadable last entry"),
+        }
         Ok(())
     }
 

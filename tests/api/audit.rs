@@ -202,6 +202,6 @@ async fn the_audit_log_rotates_keeps_the_newest_files_and_verifies_across_them()
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{out:?}");
     assert!(text.contains("is intact"), "{text}");
-    assert!(text.contains("2 rotated"), "{text}");
+    assert!(text.contains("3 files (2 of them rotated)"), "{text}");
     assert!(text.contains("since deleted"), "{text}");
 }
