@@ -129,6 +129,8 @@ pub struct AuditLog {
     clock: std::sync::Arc<dyn Clock>,
     /// Why the last write of the log failed, while it keeps failing (see [`AuditLog::failing`]).
     failure: std::sync::Arc<Failure>,
+    /// The active file (the closed ones and the chain state sit beside it).
+    path: PathBuf,
 }
 
 /// Whether (and why) the log cannot be written: a flag the request path reads without a lock.
@@ -357,7 +359,7 @@ impl AuditLog {
         };
         let mut sink = Sink {
             first_seq: first_entry_seq(&path)?.unwrap_or(chain.seq + 1),
-            path,
+            path: path.clone(),
             file: None,
             good: 0,
             sync_owed: false,
@@ -378,7 +380,20 @@ impl AuditLog {
             writer: Mutex::new(Some(writer)),
             clock,
             failure,
+            path,
         })
+    }
+
+    /// The bytes the log takes on disk: the active file, the closed files and the chain state
+    /// (for `/metrics`; a directory listing, no file is read).
+    pub fn size_on_disk(&self) -> u64 {
+        let len = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
+        let closed: u64 = rotated_files(&self.path)
+            .unwrap_or_default()
+            .iter()
+            .map(|(_, p)| len(p))
+            .sum();
+        closed + len(&self.path) + len(&state_path(&self.path))
     }
 
     /// Why the log cannot be written, while that lasts (a full disk, an I/O error). The entries

@@ -8,6 +8,7 @@ use std::time::Duration;
 use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
+use crate::audit::AuditLog;
 use crate::domain::view_cache::ViewCache;
 use crate::store::Store;
 
@@ -84,8 +85,14 @@ impl Metrics {
         self.handle.run_upkeep();
     }
 
-    /// The Prometheus text exposition, with store gauges sampled now.
-    pub fn render(&self, store: &dyn Store, views: &ViewCache) -> String {
+    /// The Prometheus text exposition, with store and audit log gauges sampled now.
+    pub fn render(&self, store: &dyn Store, views: &ViewCache, audit: &AuditLog) -> String {
+        // 1 while the audit log cannot be written: audited calls are refused meanwhile, and
+        // health stays SERVING (the process is fine), so this is what to alert on.
+        self.gauge("audit_log_failing", &[])
+            .set(if audit.failing().is_some() { 1.0 } else { 0.0 });
+        self.gauge("audit_log_size_on_disk_bytes", &[])
+            .set(audit.size_on_disk() as f64);
         self.counter("view_cache_hits_total", &[])
             .absolute(views.hits());
         self.counter("view_cache_misses_total", &[])
@@ -198,6 +205,7 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     store: Arc<dyn Store>,
     views: Arc<ViewCache>,
+    audit: Arc<AuditLog>,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     use axum::routing::get;
@@ -207,13 +215,14 @@ pub async fn serve(
             let metrics = metrics.clone();
             let store = store.clone();
             let views = views.clone();
+            let audit = audit.clone();
             async move {
                 (
                     [(
                         axum::http::header::CONTENT_TYPE,
                         "text/plain; version=0.0.4; charset=utf-8",
                     )],
-                    metrics.render(&*store, &views),
+                    metrics.render(&*store, &views, &audit),
                 )
             }
         }),

@@ -238,6 +238,7 @@ impl Application {
                 core.metrics.clone(),
                 core.store.clone(),
                 core.views.clone(),
+                core.audit.clone(),
                 async move {
                     let _ = stop.wait_for(|s| *s).await;
                 },

@@ -728,9 +728,21 @@ async fn a_full_disk_under_the_audit_log_refuses_calls_until_it_is_written_and_l
         return;
     };
     let data = fs.path().join("data");
-    let mut node = try_start(config_at(&data, 4))
-        .await
-        .expect("start on the tmpfs");
+    let mut config = config_at(&data, 4);
+    config.metrics.enabled = true;
+    config.metrics.listen = "127.0.0.1:0".parse().expect("addr");
+    let mut node = try_start(config).await.expect("start on the tmpfs");
+    let metrics = node
+        .server
+        .as_ref()
+        .and_then(|s| s.metrics_addr())
+        .expect("metrics enabled");
+    let failing = || async move {
+        parse_metrics(&scrape_metrics(metrics).await)
+            .get("audit_log_failing")
+            .copied()
+    };
+    assert_eq!(failing().await, Some(0.0));
     let kept = node
         .try_create("audited@example.com")
         .await
@@ -761,6 +773,7 @@ async fn a_full_disk_under_the_audit_log_refuses_calls_until_it_is_written_and_l
         .await
         .expect_err("refused while the disk is full");
     assert_eq!(again.code(), Code::Unavailable, "{again:?}");
+    assert_eq!(failing().await, Some(1.0), "what to alert on");
 
     std::fs::remove_file(fs.path().join("ballast")).expect("remove ballast");
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -779,6 +792,7 @@ async fn a_full_disk_under_the_audit_log_refuses_calls_until_it_is_written_and_l
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    assert_eq!(failing().await, Some(0.0));
     node.stop().await;
     let log = customer_profile::audit::log_path(&data);
     assert_eq!(

@@ -775,3 +775,58 @@ pub fn assert_precondition(status: &Status, reason: &str) {
         "ErrorInfo reason of {status:?}"
     );
 }
+
+/// `GET /metrics` from `addr`: the sample and comment lines.
+pub async fn scrape_metrics(addr: SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.expect("read");
+    let (head, body) = out.split_once("\r\n\r\n").expect("http response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_lowercase().contains("content-type: text/plain"),
+        "{head}"
+    );
+    // Chunked transfer encoding is possible; keep only sample and comment lines.
+    body.lines()
+        .filter(|l| l.starts_with('#') || l.contains(' '))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Parses the exposition format strictly: `# HELP|TYPE ...` comments and
+/// `name{label="value",...} number` samples. Returns sample → value.
+pub fn parse_metrics(text: &str) -> std::collections::BTreeMap<String, f64> {
+    let mut out = std::collections::BTreeMap::new();
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        if let Some(c) = line.strip_prefix("# ") {
+            assert!(
+                c.starts_with("HELP ") || c.starts_with("TYPE "),
+                "bad comment: {line}"
+            );
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').expect("sample has a value");
+        let v: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value in {line}"));
+        let name_end = series.find('{').unwrap_or(series.len());
+        let name = &series[..name_end];
+        assert!(
+            !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            "bad metric name in {line}"
+        );
+        if name_end < series.len() {
+            assert!(series.ends_with('}'), "unterminated labels: {line}");
+        }
+        out.insert(series.to_string(), v);
+    }
+    out
+}

@@ -8,59 +8,11 @@ use customer_profile::service::pb;
 use crate::helpers::*;
 
 async fn scrape(app: &TestApp) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(app.metrics_addr())
-        .await
-        .expect("connect");
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .expect("write");
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.expect("read");
-    let (head, body) = out.split_once("\r\n\r\n").expect("http response");
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    assert!(
-        head.to_lowercase().contains("content-type: text/plain"),
-        "{head}"
-    );
-    // Chunked transfer encoding is possible; keep only sample and comment lines.
-    body.lines()
-        .filter(|l| l.starts_with('#') || l.contains(' '))
-        .collect::<Vec<_>>()
-        .join("\n")
+    scrape_metrics(app.metrics_addr()).await
 }
 
-/// Parses the exposition format strictly: `# HELP|TYPE ...` comments and
-/// `name{label="value",...} number` samples. Returns sample → value.
 fn parse(text: &str) -> BTreeMap<String, f64> {
-    let mut out = BTreeMap::new();
-    for line in text.lines().filter(|l| !l.is_empty()) {
-        if let Some(c) = line.strip_prefix("# ") {
-            assert!(
-                c.starts_with("HELP ") || c.starts_with("TYPE "),
-                "bad comment: {line}"
-            );
-            continue;
-        }
-        let (series, value) = line.rsplit_once(' ').expect("sample has a value");
-        let v: f64 = value
-            .parse()
-            .unwrap_or_else(|_| panic!("bad value in {line}"));
-        let name_end = series.find('{').unwrap_or(series.len());
-        let name = &series[..name_end];
-        assert!(
-            !name.is_empty()
-                && name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
-            "bad metric name in {line}"
-        );
-        if name_end < series.len() {
-            assert!(series.ends_with('}'), "unterminated labels: {line}");
-        }
-        out.insert(series.to_string(), v);
-    }
-    out
+    parse_metrics(text)
 }
 
 fn requests(m: &BTreeMap<String, f64>, method: &str, code: &str) -> f64 {
@@ -214,4 +166,43 @@ async fn with_the_view_cache_off_reads_load_every_time_and_show_writes() {
     assert_eq!(total(&m, "view_cache_hits_total"), 0.0);
     assert_eq!(total(&m, "view_cache_misses_total"), 0.0);
     assert_eq!(total(&m, "view_cache_entries"), 0.0);
+}
+
+/// The audit log's gauges: its size on disk grows as calls are written to it, and it is not
+/// failing (the full-disk test in `faults.rs` sees it at 1).
+#[tokio::test]
+async fn the_audit_log_size_and_failure_are_exported() {
+    let app = TestApp::spawn().await;
+    let p = app.create(vec![new_email()]).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let first = loop {
+        let m = parse(&scrape(&app).await);
+        assert_eq!(m.get("audit_log_failing"), Some(&0.0), "{m:?}");
+        let size = m
+            .get("audit_log_size_on_disk_bytes")
+            .copied()
+            .expect("audit_log_size_on_disk_bytes");
+        if size > 0.0 {
+            break size;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing written in 10 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    for _ in 0..20 {
+        let _ = app.get(by_id(&p)).await;
+    }
+    loop {
+        let m = parse(&scrape(&app).await);
+        if m["audit_log_size_on_disk_bytes"] >= first + 20.0 * 100.0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline + std::time::Duration::from_secs(10),
+            "20 more entries not counted: {m:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
