@@ -220,7 +220,7 @@ async fn run() -> anyhow::Result<()> {
                 };
                 let from = if first_seq > 1 {
                     format!(
-                        "; it begins at entry {first_seq}: the {} before were in rotated files since deleted (audit.keep_files), so that entry's link back cannot be checked",
+                        "; it begins at entry {first_seq}: the {} before were in rotated files since deleted (audit.keep_files)",
                         first_seq - 1
                     )
                 } else {
