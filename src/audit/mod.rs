@@ -89,6 +89,22 @@ struct Chain {
 }
 
 impl Chain {
+    /// Before the first entry.
+    fn genesis() -> Chain {
+        Chain {
+            seq: 0,
+            prev: GENESIS.to_string(),
+        }
+    }
+
+    /// Continuing after `last`.
+    fn after(last: Stored) -> Chain {
+        Chain {
+            seq: last.entry.seq,
+            prev: last.hash,
+        }
+    }
+
     /// The next entry of the chain.
     /// Links the next entry and appends its line (the JSON of [`Stored`] and a newline) to
     /// `out`. The entry is serialized once: its canonical JSON is what the hash covers, and the
@@ -149,14 +165,6 @@ pub struct Rotation {
     pub max_file_bytes: u64,
     /// Closed files kept; past this many the oldest are deleted (0: every one is kept).
     pub keep_files: usize,
-}
-
-impl Rotation {
-    /// One file that only grows.
-    pub const NEVER: Rotation = Rotation {
-        max_file_bytes: 0,
-        keep_files: 0,
-    };
 }
 
 /// The log file of a data directory (the active one; closed ones sit beside it, see
@@ -329,31 +337,22 @@ impl AuditLog {
         if path.exists() {
             drop_torn_tail(&path)?;
         }
-        let state = read_state(&path)?;
+        let state = read_state(&path)?.unwrap_or_default();
         let chain = match last_entry(&path)? {
-            Some(s) => Chain {
-                seq: s.entry.seq,
-                prev: s.hash,
-            },
+            Some(last) => Chain::after(last),
             None => {
-                let mut chain = Chain {
-                    seq: 0,
-                    prev: GENESIS.to_string(),
+                let closed = match rotated_files(&path)?.last() {
+                    Some((_, newest)) => last_entry(newest)?,
+                    None => None,
                 };
-                if let Some((_, newest)) = rotated_files(&path)?.last() {
-                    if let Some(s) = last_entry(newest)? {
-                        chain = Chain {
-                            seq: s.entry.seq,
-                            prev: s.hash,
-                        };
+                let closed = closed.map_or_else(Chain::genesis, Chain::after);
+                if state.head_seq > closed.seq {
+                    Chain {
+                        seq: state.head_seq,
+                        prev: state.head_hash.clone(),
                     }
-                }
-                match &state {
-                    Some(st) if st.head_seq > chain.seq => Chain {
-                        seq: st.head_seq,
-                        prev: st.head_hash.clone(),
-                    },
-                    _ => chain,
+                } else {
+                    closed
                 }
             }
         };
@@ -363,7 +362,7 @@ impl AuditLog {
             file: None,
             good: 0,
             sync_owed: false,
-            state: state.unwrap_or_default(),
+            state,
             rotation,
         };
         sink.file()?;
@@ -837,17 +836,11 @@ fn verify_files(path: &Path, rotated: &[(u64, PathBuf)]) -> std::io::Result<Verd
                 }
                 Some(_) => {}
                 None => {
-                    // The first entry here: the genesis, where retention says the log begins
-                    // (the link to the deleted entry before it is the recorded one), or an
-                    // older entry a deletion cut short left (checked when the chain reaches
-                    // the recorded start).
+                    // The first entry here: the genesis, where retention says the log begins,
+                    // or an older entry a deletion cut short left. Either way the entry at the
+                    // recorded start must link to the recorded hash (checked below).
                     if seq == 1 && stored.entry.prev != GENESIS {
                         return broken("entry 1 does not begin the chain".into());
-                    }
-                    if seq == state.start_seq && stored.entry.prev != state.start_prev {
-                        return broken(format!(
-                            "entry {seq} does not link to the last entry retention deleted"
-                        ));
                     }
                     if seq > state.start_seq {
                         return broken(format!(
@@ -860,8 +853,7 @@ fn verify_files(path: &Path, rotated: &[(u64, PathBuf)]) -> std::io::Result<Verd
                     first_seq = seq;
                 }
             }
-            if seq == state.start_seq && expected.is_some() && stored.entry.prev != state.start_prev
-            {
+            if seq == state.start_seq && stored.entry.prev != state.start_prev {
                 return broken(format!(
                     "entry {seq} does not link to the entry recorded as the one before the kept log"
                 ));
@@ -936,6 +928,20 @@ mod tests {
     use super::*;
     use crate::domain::time::{ManualClock, Timestamp};
 
+    /// One file that only grows.
+    const NEVER: Rotation = Rotation {
+        max_file_bytes: 0,
+        keep_files: 0,
+    };
+
+    /// Files of about 1 KB (ten entries fill one).
+    fn small_files(keep_files: usize) -> Rotation {
+        Rotation {
+            max_file_bytes: 1_000,
+            keep_files,
+        }
+    }
+
     fn access(n: usize) -> Access {
         Access {
             principal: "local".into(),
@@ -984,7 +990,7 @@ mod tests {
     fn a_torn_last_entry_is_cut_off_and_the_chain_continues() -> std::io::Result<()> {
         let dir = tempfile::tempdir()?;
         let clock = std::sync::Arc::new(ManualClock::new(Timestamp(1_795_428_000_000_000)));
-        let log = AuditLog::open(dir.path(), clock.clone(), Rotation::NEVER)?;
+        let log = AuditLog::open(dir.path(), clock.clone(), NEVER)?;
         log.record(access(1));
         log.record(access(2));
         log.close();
@@ -993,7 +999,7 @@ mod tests {
         f.write_all(br#"{"seq":3,"at":17954280"#)?;
         drop(f);
 
-        let log = AuditLog::open(dir.path(), clock, Rotation::NEVER)?;
+        let log = AuditLog::open(dir.path(), clock, NEVER)?;
         log.record(access(3));
         log.close();
         assert_eq!(
@@ -1033,10 +1039,7 @@ mod tests {
     -> std::io::Result<()> {
         let dir = tempfile::tempdir()?;
         // Ten entries are about 1,600 bytes: every round fills a file.
-        let rotation = Rotation {
-            max_file_bytes: 1_000,
-            keep_files: 3,
-        };
+        let rotation = small_files(3);
         for _ in 0..6 {
             round(dir.path(), rotation, 10)?;
         }
@@ -1069,10 +1072,7 @@ mod tests {
 
         // keep_files = 0 keeps every file.
         let dir = tempfile::tempdir()?;
-        let keep_all = Rotation {
-            max_file_bytes: 1_000,
-            keep_files: 0,
-        };
+        let keep_all = small_files(0);
         for _ in 0..4 {
             round(dir.path(), keep_all, 10)?;
         }
@@ -1091,10 +1091,7 @@ mod tests {
     #[test]
     fn rotations_within_one_run_name_each_file_after_its_first_entry() -> std::io::Result<()> {
         let dir = tempfile::tempdir()?;
-        let rotation = Rotation {
-            max_file_bytes: 1_000,
-            keep_files: 0,
-        };
+        let rotation = small_files(0);
         let clock = std::sync::Arc::new(ManualClock::new(Timestamp(1_795_428_000_000_000)));
         let log = AuditLog::open(dir.path(), clock, rotation)?;
         let active = log_path(dir.path());
@@ -1129,10 +1126,10 @@ mod tests {
     #[test]
     fn a_stop_between_the_rename_and_the_new_file_continues_the_chain() -> std::io::Result<()> {
         let dir = tempfile::tempdir()?;
-        round(dir.path(), Rotation::NEVER, 5)?;
+        round(dir.path(), NEVER, 5)?;
         let active = log_path(dir.path());
         std::fs::rename(&active, rotated_path(&active, 1))?;
-        round(dir.path(), Rotation::NEVER, 1)?;
+        round(dir.path(), NEVER, 1)?;
         assert_eq!(first_entry_seq(&active)?, Some(6));
         assert_eq!(
             verify(&active)?,
@@ -1149,10 +1146,7 @@ mod tests {
     #[test]
     fn a_missing_renamed_or_changed_closed_file_breaks_the_chain() -> std::io::Result<()> {
         let dir = tempfile::tempdir()?;
-        let rotation = Rotation {
-            max_file_bytes: 1_000,
-            keep_files: 0,
-        };
+        let rotation = small_files(0);
         for _ in 0..3 {
             round(dir.path(), rotation, 10)?;
         }
@@ -1191,10 +1185,7 @@ mod tests {
     fn a_restart_continues_the_chain_when_the_closed_files_were_moved_away() -> std::io::Result<()>
     {
         let dir = tempfile::tempdir()?;
-        let rotation = Rotation {
-            max_file_bytes: 1_000,
-            keep_files: 0,
-        };
+        let rotation = small_files(0);
         round(dir.path(), rotation, 10)?;
         let active = log_path(dir.path());
         assert_eq!(std::fs::metadata(&active)?.len(), 0);
@@ -1218,7 +1209,7 @@ mod tests {
     #[test]
     fn entries_cut_off_the_start_or_the_end_are_found() -> std::io::Result<()> {
         let dir = tempfile::tempdir()?;
-        round(dir.path(), Rotation::NEVER, 10)?;
+        round(dir.path(), NEVER, 10)?;
         let active = log_path(dir.path());
         let text = std::fs::read_to_string(&active)?;
         let rest: String = text.lines().skip(3).map(|l| format!("{l}\n")).collect();
@@ -1232,10 +1223,7 @@ mod tests {
         }
 
         let dir = tempfile::tempdir()?;
-        let rotation = Rotation {
-            max_file_bytes: 1_000,
-            keep_files: 0,
-        };
+        let rotation = small_files(0);
         round(dir.path(), rotation, 10)?;
         let active = log_path(dir.path());
         let closed = rotated_path(&active, 1);
@@ -1256,10 +1244,7 @@ mod tests {
     #[test]
     fn a_deletion_cut_short_still_verifies() -> std::io::Result<()> {
         let dir = tempfile::tempdir()?;
-        let keep_all = Rotation {
-            max_file_bytes: 1_000,
-            keep_files: 0,
-        };
+        let keep_all = small_files(0);
         for _ in 0..4 {
             round(dir.path(), keep_all, 10)?;
         }
@@ -1302,13 +1287,10 @@ mod tests {
     fn a_rotation_never_replaces_an_existing_file() -> std::io::Result<()> {
         let dir = tempfile::tempdir()?;
         let active = log_path(dir.path());
-        round(dir.path(), Rotation::NEVER, 10)?;
+        round(dir.path(), NEVER, 10)?;
         let squatter = rotated_path(&active, 1);
         std::fs::write(&squatter, b"not ours\n")?;
-        let rotation = Rotation {
-            max_file_bytes: 1_000,
-            keep_files: 0,
-        };
+        let rotation = small_files(0);
         round(dir.path(), rotation, 10)?;
         assert_eq!(std::fs::read(&squatter)?, b"not ours\n");
         assert_eq!(first_entry_seq(&active)?, Some(1));
@@ -1328,12 +1310,12 @@ mod tests {
     #[test]
     fn an_unreadable_last_entry_refuses_the_open() -> std::io::Result<()> {
         let dir = tempfile::tempdir()?;
-        round(dir.path(), Rotation::NEVER, 2)?;
+        round(dir.path(), NEVER, 2)?;
         let mut f = OpenOptions::new().append(true).open(log_path(dir.path()))?;
         f.write_all(b"{\"seq\": garbage}\n")?;
         drop(f);
         let clock = std::sync::Arc::new(ManualClock::new(Timestamp(1_795_428_000_000_000)));
-        match AuditLog::open(dir.path(), clock, Rotation::NEVER) {
+        match AuditLog::open(dir.path(), clock, NEVER) {
             Err(e) => {
                 assert_eq!(e.kind(), std::io::ErrorKind::InvalidData);
                 assert!(e.to_string().contains("audit-verify"), "{e}");
